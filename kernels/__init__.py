@@ -1,0 +1,45 @@
+"""The one place where attention and normalisation implementations are chosen.
+
+Triton kernels run on CUDA, the PyTorch reference everywhere else; `LITERE_KERNELS=triton|torch` forces one
+(Triton on CPU needs `TRITON_INTERPRET=1`). Model code calls these functions, never a kernel directly.
+"""
+import os
+
+import torch
+
+from . import reference
+
+_CHOICES = ("triton", "torch")
+
+
+def backend(device: torch.device) -> str:
+    forced = os.environ.get("LITERE_KERNELS", "").strip().lower()
+    if forced:
+        if forced not in _CHOICES:
+            raise ValueError(f"LITERE_KERNELS={forced!r}: expected one of {', '.join(_CHOICES)}")
+        return forced
+    return "triton" if device.type == "cuda" else "torch"
+
+
+def rms_norm(x, weight, eps):
+    if backend(x.device) == "triton":
+        from .rmsnorm import rms_norm as triton_rms_norm
+
+        return triton_rms_norm(x, weight, eps)
+    return reference.rms_norm(x, weight, eps)
+
+
+def attention(q, k, v, cu_seqlens, max_seqlen, scale=None):
+    if backend(q.device) == "triton":
+        from .attention import varlen_attention
+
+        return varlen_attention(q, k, v, cu_seqlens, max_seqlen, scale)
+    return reference.attention(q, k, v, cu_seqlens, max_seqlen, scale)
+
+
+def paged_attention(q, k_cache, v_cache, block_table, cu_seqlens_q, seqlens_k, max_seqlen_q, scale=None):
+    if backend(q.device) == "triton":
+        from .attention import paged_attention as triton_paged_attention
+
+        return triton_paged_attention(q, k_cache, v_cache, block_table, cu_seqlens_q, seqlens_k, max_seqlen_q, scale)
+    return reference.paged_attention(q, k_cache, v_cache, block_table, cu_seqlens_q, seqlens_k, max_seqlen_q, scale)

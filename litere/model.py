@@ -1,0 +1,192 @@
+"""Qwen3 in plain PyTorch, shared by the trainer and the sampler.
+
+Tokens travel as one flat packed stream of shape (T,): documents are delimited by `seqlens` (training) or by the
+KV cache (sampling), and no token attends across documents. Module names equal the Hugging Face checkpoint keys.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+import kernels
+
+from .config import ModelConfig
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x):
+        return kernels.rms_norm(x, self.weight, self.eps)
+
+
+def rotary_tables(positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
+    """cos/sin of shape (T, 1, head_dim), computed in fp32 and cast to the activation dtype."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=positions.device).float() / head_dim)
+    freqs = positions.float()[:, None] * inv_freq[None, :]
+    angles = torch.cat((freqs, freqs), dim=-1)[:, None, :]
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def apply_rotary(x, cos, sin):
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+class Layout(NamedTuple):
+    """Where each token's keys live: packed documents (`cu_seqlens`) or a KV cache with an `attend` method."""
+    cu_seqlens: torch.Tensor | None = None
+    max_seqlen: int = 0
+    cache: object = None
+
+
+class Attention(nn.Module):
+    def __init__(self, config: ModelConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.n_heads, self.n_kv_heads, self.head_dim = (
+            config.num_attention_heads, config.num_key_value_heads, config.head_dim)
+        hidden = config.hidden_size
+        self.q_proj = nn.Linear(hidden, self.n_heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(hidden, self.n_kv_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(hidden, self.n_kv_heads * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(self.n_heads * self.head_dim, hidden, bias=False)
+        self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
+        self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
+
+    def forward(self, x, cos, sin, layout: Layout):
+        T = x.shape[0]
+        q = self.q_norm(self.q_proj(x).view(T, self.n_heads, self.head_dim))
+        k = self.k_norm(self.k_proj(x).view(T, self.n_kv_heads, self.head_dim))
+        v = self.v_proj(x).view(T, self.n_kv_heads, self.head_dim)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if layout.cache is not None:
+            out = layout.cache.attend(self.layer_idx, q, k, v)
+        else:
+            out = kernels.attention(q, k, v, layout.cu_seqlens, layout.max_seqlen)
+        return self.o_proj(out.reshape(T, self.n_heads * self.head_dim))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig, layer_idx: int):
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = Attention(config, layer_idx)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = MLP(config)
+
+    def forward(self, x, cos, sin, layout: Layout):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, layout)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Backbone(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(Block(config, i) for i in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+
+class Qwen3(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.model = Backbone(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.tie_weights()
+
+    def tie_weights(self):
+        if self.config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    def init_weights(self, std: float = 0.02, generator: torch.Generator | None = None):
+        """Random init for training from scratch: normal(0, std) matrices, unit norms."""
+        for name, p in self.named_parameters():
+            with torch.no_grad():
+                if name.endswith("norm.weight"):
+                    p.fill_(1.0)
+                else:
+                    p.normal_(0.0, std, generator=generator)
+
+    def forward(self, input_ids, positions, *, cache=None, seqlens=None, targets=None, temperature=1.0):
+        """Hidden states after the final norm, shaped like `input_ids` + (hidden,).
+
+        input_ids/positions: (T,) packed stream or (B, T) rows of one document each. `seqlens` splits the
+        flattened stream into documents; `cache` (an object with `attend(layer_idx, q, k, v)`) replaces it when
+        sampling. Given `targets`, returns their `token_logprobs` instead (so that the head runs inside forward,
+        where sharded wrappers have gathered its weights).
+        """
+        if positions.shape != input_ids.shape:
+            raise ValueError(f"positions shape {tuple(positions.shape)} != input_ids shape {tuple(input_ids.shape)}")
+        ids, pos = input_ids.reshape(-1), positions.reshape(-1)
+        layout = Layout(cache=cache) if cache is not None else self._packed_layout(input_ids, seqlens)
+        x = self.model.embed_tokens(ids)
+        cos, sin = rotary_tables(pos, self.config.head_dim, self.config.rope_theta, x.dtype)
+        for layer in self.model.layers:
+            x = layer(x, cos, sin, layout)
+        hidden = self.model.norm(x).view(*input_ids.shape, -1)
+        if targets is not None:
+            return self.token_logprobs(hidden, targets, temperature)
+        return hidden
+
+    @staticmethod
+    def _packed_layout(input_ids, seqlens) -> Layout:
+        n = input_ids.numel()
+        if seqlens is None:
+            row = input_ids.shape[-1]
+            lengths = torch.full((n // row,), row, dtype=torch.int32)
+        else:
+            lengths = torch.as_tensor(seqlens, dtype=torch.int32).reshape(-1)
+            if int(lengths.sum()) != n or bool((lengths <= 0).any()):
+                raise ValueError(f"seqlens {lengths.tolist()} must be positive and sum to the {n} tokens given")
+        cu_seqlens = F.pad(lengths.cumsum(0, dtype=torch.int32), (1, 0)).to(input_ids.device)
+        return Layout(cu_seqlens=cu_seqlens, max_seqlen=int(lengths.max()))
+
+    def logits(self, hidden):
+        return self.lm_head(hidden)
+
+    def token_logprobs(self, hidden, targets, temperature: float = 1.0, chunk: int = 1024):
+        """log softmax(logits / temperature)[target] in fp32, computed `chunk` tokens at a time.
+
+        Each chunk's full-vocabulary logits exist only while that chunk is computed (and are recomputed in
+        backward), so a long sequence never holds (T, vocab) fp32 logits.
+        """
+        if targets.shape != hidden.shape[:-1]:
+            raise ValueError(f"targets shape {tuple(targets.shape)} != hidden shape {tuple(hidden.shape[:-1])}")
+        flat_h, flat_t = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
+        weight = self.lm_head.weight
+        pieces = []
+        for start in range(0, flat_t.numel(), chunk):
+            h, t = flat_h[start:start + chunk], flat_t[start:start + chunk]
+            if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
+                pieces.append(checkpoint(_chunk_logprobs, h, t, weight, temperature, use_reentrant=False))
+            else:
+                pieces.append(_chunk_logprobs(h, t, weight, temperature))
+        if not pieces:
+            return hidden.new_zeros(targets.shape, dtype=torch.float32)
+        return torch.cat(pieces).view(targets.shape)
+
+
+def _chunk_logprobs(h, t, weight, temperature):
+    logits = F.linear(h, weight).float() / temperature
+    return logits.gather(-1, t[:, None]).squeeze(-1) - logits.logsumexp(-1)

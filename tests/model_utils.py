@@ -1,0 +1,36 @@
+"""Shared test helpers: small random configs and their transformers twins."""
+import torch
+
+from litere.config import ModelConfig
+from litere.model import Qwen3
+
+
+def small_config(**overrides) -> ModelConfig:
+    fields = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, head_dim=16, rope_theta=5e6, max_position_embeddings=1024,
+                  tie_word_embeddings=True, torch_dtype="float32")
+    return ModelConfig(**{**fields, **overrides})
+
+
+def random_model(config: ModelConfig, seed: int = 0) -> Qwen3:
+    model = Qwen3(config)
+    model.init_weights(std=0.1, generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():  # non-trivial norm weights so that a missed norm shows up
+        gen = torch.Generator().manual_seed(seed + 1)
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.add_(0.1 * torch.randn(p.shape, generator=gen))
+    return model.eval()
+
+
+def hf_twin(model: Qwen3):
+    """transformers' Qwen3ForCausalLM with the same weights."""
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    hf = Qwen3ForCausalLM(Qwen3Config(**model.config.to_hf_dict()))
+    hf.load_state_dict(model.state_dict(), strict=True)
+    return hf.to(model.model.embed_tokens.weight.dtype).eval()
+
+
+def positions_for(ids: torch.Tensor) -> torch.Tensor:
+    return torch.arange(ids.shape[-1]).expand(ids.shape)
