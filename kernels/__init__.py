@@ -2,6 +2,8 @@
 
 Triton kernels run on CUDA, the PyTorch reference everywhere else; `LITERE_KERNELS=triton|torch` forces one
 (Triton on CPU needs `TRITON_INTERPRET=1`). Model code calls these functions, never a kernel directly.
+Kernel modules are named apart from these functions (flash_attention, decode_attention): importing a submodule sets
+an attribute of the package, and `kernels.attention` must stay this function.
 """
 import os
 
@@ -31,7 +33,7 @@ def rms_norm(x, weight, eps):
 
 def attention(q, k, v, cu_seqlens, max_seqlen, scale=None):
     if backend(q.device) == "triton":
-        from .attention import varlen_attention
+        from .flash_attention import varlen_attention
 
         return varlen_attention(q, k, v, cu_seqlens, max_seqlen, scale)
     return reference.attention(q, k, v, cu_seqlens, max_seqlen, scale)
@@ -39,7 +41,7 @@ def attention(q, k, v, cu_seqlens, max_seqlen, scale=None):
 
 def paged_attention(q, k_cache, v_cache, block_table, cu_seqlens_q, seqlens_k, max_seqlen_q, scale=None):
     if backend(q.device) == "triton":
-        from .attention import paged_attention as triton_paged_attention
+        from .decode_attention import paged_attention as triton_paged_attention
 
         return triton_paged_attention(q, k_cache, v_cache, block_table, cu_seqlens_q, seqlens_k, max_seqlen_q, scale)
     return reference.paged_attention(q, k_cache, v_cache, block_table, cu_seqlens_q, seqlens_k, max_seqlen_q, scale)
