@@ -1,0 +1,477 @@
+"""The ReAct agent (PROTOCOL.md sections 2, 3 and 7) over the continuous-batching sampler.
+
+Every running trajectory decodes in the same sampler. A turn that ends in a tool call pauses its request (it keeps
+its KV cache); the call runs in a thread pool while the other trajectories keep decoding, and its result is appended
+token-in/token-out with `sampler.extend`. History is never re-tokenized, so the ids of a trajectory are exactly
+what the model saw.
+
+Training mode ends an episode at the first turn with neither a parsable tool call nor an answer. Evaluation mode
+answers a malformed call with the tool error text, and at the context limit tells the model to stop calling tools
+and answer, then calls it once more.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+import sys
+import time
+from collections import deque
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .questions import Question
+from .reward import extract_answer, report_markdown, score_trajectories, summarize
+from .tokenizer import GENERATION_PROMPT, SYSTEM_PROMPT, USER_PREFIX
+
+TERMINATIONS = ("answer", "no_tool_call", "max_turns", "budget", "context_limit", "error")
+CONTEXT_LIMIT_REMINDER = (
+    "You have reached the limit of the context you can handle. Do not call any more tools. Based on everything "
+    "above, think once more and give your best final answer now, in the form <answer>your answer</answer>.")
+TOOL_CALL_RE = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
+TOOL_ERROR = "Error when executing tool: {}"
+
+
+# --- records --------------------------------------------------------------------------------------------------
+@dataclass
+class ToolCall:
+    name: str
+    arguments: dict
+
+
+@dataclass
+class ToolCallRecord:
+    turn: int  # the assistant turn (1-based) that made the call
+    name: str
+    arguments: dict
+    latency_s: float = 0.0
+    success: bool = False
+    error: str | None = None
+    response_tokens: int = 0  # ids of the whole tool-response segment appended to the context
+
+
+@dataclass
+class Trajectory:
+    """One rollout. `response_ids` is everything after the prompt: sampled turns (mask 1, with their rollout
+    logprobs) and forced segments — tool responses, the context-limit reminder — (mask 0, logprob 0)."""
+    question_id: str
+    sample_index: int
+    question: str
+    answers: list[str]
+    data_source: str | None
+    prompt_ids: list[int]
+    response_ids: list[int] = field(default_factory=list)
+    response_mask: list[int] = field(default_factory=list)
+    rollout_logprobs: list[float] = field(default_factory=list)
+    turns: list[dict] = field(default_factory=list)  # {"role": "assistant" | "tool" | "user", "content": text}
+    tool_calls: list[ToolCallRecord] = field(default_factory=list)
+    num_turns: int = 0  # assistant turns (model calls)
+    answer: str | None = None
+    termination: str | None = None
+    error: str | None = None
+    elapsed_s: float = 0.0
+    reward: float | None = None
+    judge: dict | None = None
+
+    @property
+    def sampled_tokens(self) -> int:
+        return sum(self.response_mask)
+
+    @property
+    def tool_tokens(self) -> int:
+        return len(self.response_ids) - self.sampled_tokens
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["token_counts"] = {"prompt": len(self.prompt_ids), "response": len(self.response_ids),
+                             "sampled": self.sampled_tokens, "forced": self.tool_tokens}
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Trajectory:
+        names = {f.name for f in dataclasses.fields(cls)}
+        missing = {"question_id", "sample_index", "question", "answers", "data_source", "prompt_ids"} - d.keys()
+        if missing:
+            raise ValueError(f"trajectory record lacks {', '.join(sorted(missing))}")
+        kwargs = {k: v for k, v in d.items() if k in names}
+        kwargs["tool_calls"] = [ToolCallRecord(**c) for c in d.get("tool_calls", [])]
+        return cls(**kwargs)
+
+
+def write_trajectories(trajectories: list[Trajectory], path) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for t in trajectories:
+            f.write(json.dumps(t.to_dict(), ensure_ascii=False) + "\n")
+
+
+def read_trajectories(path) -> list[Trajectory]:
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    out.append(Trajectory.from_dict(json.loads(line)))
+                except (ValueError, TypeError) as e:
+                    raise ValueError(f"{path}:{line_no}: not a trajectory record ({e})") from None
+    return out
+
+
+# --- tools ----------------------------------------------------------------------------------------------------
+def parse_tool_call(text: str) -> tuple[ToolCall | None, str | None]:
+    """The first valid `<tool_call>` of a turn, as (call, None); (None, why) when there are calls but none is
+    valid; (None, None) when the turn makes no call."""
+    bodies = TOOL_CALL_RE.findall(text)
+    if not bodies:
+        return None, ("<tool_call> is not closed by </tool_call>" if "<tool_call>" in text else None)
+    problem = None
+    for body in bodies:
+        try:
+            obj = json.loads(body)
+        except json.JSONDecodeError as e:
+            problem = problem or f"tool call is not valid JSON ({e})"
+            continue
+        arguments = obj.get("arguments") if isinstance(obj, dict) else None
+        if isinstance(arguments, str):  # some models double-encode the arguments
+            try:
+                arguments = json.loads(arguments)
+            except json.JSONDecodeError:
+                pass
+        if not isinstance(obj, dict) or not isinstance(obj.get("name"), str) or not isinstance(arguments, dict):
+            problem = problem or 'tool call must be a JSON object with a string "name" and an object "arguments"'
+            continue
+        return ToolCall(obj["name"], arguments), None
+    return None, problem
+
+
+def _string_list(arguments: dict, key: str, tool: str) -> list[str]:
+    value = arguments.get(key)
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        return value
+    raise ValueError(f"{tool} needs arguments.{key}: a string or a non-empty list of strings, got {value!r}")
+
+
+def execute_tool(env, call: ToolCall, mask_url: str | None) -> tuple[str, bool, str | None, float]:
+    """Run one call against the environment: (text for the model, success, error, latency in seconds).
+    Every failure becomes the protocol's error text, so the episode can go on."""
+    start = time.perf_counter()
+    try:
+        if call.name == "search":
+            text = env.search(_string_list(call.arguments, "query", "search"), mask_url=mask_url)
+        elif call.name == "visit":
+            goal = call.arguments.get("goal")
+            if not isinstance(goal, str):
+                raise ValueError(f"visit needs arguments.goal (a string), got {goal!r}")
+            text = env.visit(_string_list(call.arguments, "url", "visit"), goal)
+        else:
+            raise ValueError(f"unknown tool {call.name!r}; the tools are search and visit")
+        return text, True, None, time.perf_counter() - start
+    except Exception as e:  # the model sees the error and may try again
+        return TOOL_ERROR.format(e), False, f"{type(e).__name__}: {e}", time.perf_counter() - start
+
+
+# --- the loop -------------------------------------------------------------------------------------------------
+@dataclass
+class AgentConfig:
+    mode: str = "train"  # "train" | "eval"
+    max_turns: int = 40  # assistant turns per trajectory
+    max_response_tokens: int | None = 32768  # sampled + forced tokens after the prompt (None: no own limit)
+    max_context_tokens: int | None = None  # prompt + response
+    final_answer_tokens: int = 2048  # eval: context kept free for the reminder's final answer
+    reminder: str = CONTEXT_LIMIT_REMINDER
+    tool_workers: int = 16
+    max_concurrent: int | None = None  # trajectories in flight at once (None: every one)
+    system_prompt: str = SYSTEM_PROMPT
+    user_prefix: str = USER_PREFIX
+
+    def __post_init__(self):
+        if self.mode not in ("train", "eval"):
+            raise ValueError(f"AgentConfig.mode must be 'train' or 'eval', got {self.mode!r}")
+        for name in ("max_turns", "max_response_tokens", "final_answer_tokens", "tool_workers", "max_context_tokens",
+                     "max_concurrent"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"AgentConfig.{name} must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass
+class RolloutStats:
+    total: int
+    started: float = field(default_factory=time.perf_counter)
+    done: int = 0
+    tool_calls: int = 0
+    sampled_tokens: int = 0
+    tools_in_flight: int = 0
+
+    def line(self) -> str:
+        dt = max(1e-9, time.perf_counter() - self.started)
+        return (f"{self.done}/{self.total} trajectories | {self.tool_calls / dt:.1f} tool calls/s | "
+                f"{self.sampled_tokens / dt:.0f} tok/s | {self.tools_in_flight} tools running | {dt:.0f}s")
+
+
+@dataclass
+class _Episode:
+    traj: Trajectory
+    question: Question
+    env: object
+    rid: int | None = None
+    final_call: bool = False
+    started: float = field(default_factory=time.perf_counter)
+
+
+class Agent:
+    """Runs questions × n samples to completion. `env` is an environment (search/visit) or a callable
+    `question -> environment`; `params` are the sampling parameters (max_new_tokens is set per turn)."""
+
+    def __init__(self, sampler, tokenizer, env, params, config: AgentConfig | None = None):
+        self.sampler, self.tokenizer = sampler, tokenizer
+        self.config = c = config or AgentConfig()
+        # a turn ends at <|im_end|> unless the caller chose otherwise
+        self.params = (params if params.stop_token_ids is not None
+                       else dataclasses.replace(params, stop_token_ids=(tokenizer.im_end_id,)))
+        self.env_for = env if callable(env) and not hasattr(env, "search") else (lambda question: env)
+        # the sampler's own per-sequence limit (positions, cache) bounds the context too
+        limits = [x for x in (c.max_context_tokens, getattr(sampler, "max_seq_len", None)) if x is not None]
+        self.max_context = min(limits) if limits else None
+        if self.max_context is None and c.max_response_tokens is None:
+            raise ValueError("Agent: set AgentConfig.max_response_tokens or max_context_tokens (the sampler has no "
+                             "max_seq_len either), or turns could never be bounded")
+        self._reminder_ids = tokenizer.encode(f"\n<|im_start|>user\n{c.reminder}<|im_end|>\n{GENERATION_PROMPT}")
+        # eval mode keeps room for closing a cut turn, the reminder and the final answer
+        self._reserve = 1 + len(self._reminder_ids) + c.final_answer_tokens if c.mode == "eval" else 0
+
+    def run(self, questions: list[Question], n: int = 1, *, on_trajectory=None, on_progress=None,
+            progress_interval: float = 1.0) -> list[Trajectory]:
+        """All trajectories, ordered by question then sample index. `on_trajectory(traj)` is called as each one
+        ends; `on_progress(stats)` at most every `progress_interval` seconds and once at the end."""
+        self.stats = RolloutStats(total=len(questions) * n)
+        self._running: dict[int, _Episode] = {}
+        self._tools: dict[Future, tuple[_Episode, ToolCallRecord]] = {}
+        self._done: list[Trajectory] = []
+        self._on_trajectory = on_trajectory
+        pending = deque(questions)
+        last_report = time.perf_counter()
+        with ThreadPoolExecutor(self.config.tool_workers, thread_name_prefix="agent-tool") as self._pool:
+            while pending or self._running:
+                self._admit(pending, n)
+                busy = self.sampler.has_work()
+                if not busy and not self._tools and self._running:
+                    raise RuntimeError(f"{len(self._running)} trajectories wait, but neither the sampler nor a tool "
+                                       "has work for them")
+                self._collect_tools(block=not busy)
+                if self.sampler.has_work():
+                    for out in self.sampler.step():
+                        self._on_output(out)
+                if on_progress and time.perf_counter() - last_report >= progress_interval:
+                    last_report = time.perf_counter()
+                    on_progress(self.stats)
+        if on_progress:
+            on_progress(self.stats)
+        order = {q.id: i for i, q in enumerate(questions)}
+        return sorted(self._done, key=lambda t: (order[t.question_id], t.sample_index))
+
+    # --- admission and budgets ---
+    def _admit(self, pending: deque, n: int):
+        limit = self.config.max_concurrent
+        while pending and (not self._running or limit is None or len(self._running) + n <= limit):
+            self._start(pending.popleft(), n)
+
+    def _start(self, q: Question, n: int):
+        c = self.config
+        prompt = self.tokenizer.prompt_ids(q.question, c.system_prompt, c.user_prefix)
+        episodes = [_Episode(Trajectory(q.id, i, q.question, list(q.answers), q.data_source, prompt), q, None)
+                    for i in range(n)]
+        try:
+            env = self.env_for(q)
+        except Exception as e:
+            return self._finish_all(episodes, "error", f"no environment: {type(e).__name__}: {e}")
+        room = self._room(episodes[0].traj)
+        if room < 1:
+            return self._finish_all(episodes, "context_limit", f"the prompt ({len(prompt)} tokens) leaves no room "
+                                                               f"under a context of {self.max_context}")
+        try:
+            rids = self.sampler.add(prompt, self._params(room), n=n, hold=True)
+        except Exception as e:
+            return self._finish_all(episodes, "error", f"sampler refused the prompt: {type(e).__name__}: {e}")
+        for ep, rid in zip(episodes, rids):
+            ep.env, ep.rid = env, rid
+            self._running[rid] = ep
+
+    def _finish_all(self, episodes: list[_Episode], reason: str, error: str):
+        for ep in episodes:
+            self._finish(ep, reason, error)
+
+    def _params(self, max_new_tokens: int):
+        return dataclasses.replace(self.params, max_new_tokens=max_new_tokens)
+
+    def _response_left(self, t: Trajectory) -> float:
+        if self.config.max_response_tokens is None:
+            return math.inf
+        return self.config.max_response_tokens - len(t.response_ids)
+
+    def _context_left(self, t: Trajectory, reserve: int = 0) -> float:
+        if self.max_context is None:
+            return math.inf
+        return self.max_context - reserve - len(t.prompt_ids) - len(t.response_ids)
+
+    def _room(self, t: Trajectory) -> int:
+        """Tokens the next normal turn may sample (one of the two limits is finite)."""
+        room = min(self._response_left(t), self._context_left(t, self._reserve))
+        return int(room) if room >= 1 else 0
+
+    # --- events ---
+    def _on_output(self, out):
+        ep = self._running[out.request_id]
+        try:
+            self._on_turn(ep, out)
+        except Exception as e:
+            self._finish(ep, "error", f"{type(e).__name__}: {e}")
+
+    def _on_turn(self, ep: _Episode, out):
+        t, c = ep.traj, self.config
+        ids = list(out.token_ids)
+        t.response_ids += ids
+        t.response_mask += [1] * len(ids)
+        t.rollout_logprobs += [float(x) for x in out.logprobs]
+        t.num_turns += 1
+        self.stats.sampled_tokens += len(ids)
+        closed = out.finish_reason == "stop"
+        text = self.tokenizer.decode(ids[:-1] if ids and ids[-1] == self.tokenizer.im_end_id else ids)
+        t.turns.append({"role": "assistant", "content": text})
+        if ep.final_call:
+            return self._finish(ep, "answer" if "<answer>" in text else "context_limit")
+        if "<answer>" in text:
+            return self._finish(ep, "answer")
+        if not closed:  # cut by a token budget
+            if self._response_left(t) < 1:
+                return self._finish(ep, "budget")
+            return self._out_of_context(ep, closed=False)
+        call, problem = parse_tool_call(text)
+        if call is None and (problem is None or c.mode == "train"):
+            return self._finish(ep, "no_tool_call", problem)
+        if t.num_turns >= c.max_turns:
+            return self._finish(ep, "max_turns")
+        if call is None:
+            record = ToolCallRecord(t.num_turns, "", {}, error=problem)
+            return self._respond(ep, record, TOOL_ERROR.format(problem))
+        record = ToolCallRecord(t.num_turns, call.name, call.arguments)
+        self._tools[self._pool.submit(execute_tool, ep.env, call, ep.question.mask_url)] = (ep, record)
+        self.stats.tools_in_flight += 1
+
+    def _collect_tools(self, block: bool):
+        if not self._tools:
+            return
+        if block:
+            done, _ = wait(list(self._tools), return_when=FIRST_COMPLETED)
+        else:
+            done = [f for f in self._tools if f.done()]
+        for future in done:
+            ep, record = self._tools.pop(future)
+            self.stats.tools_in_flight -= 1
+            self.stats.tool_calls += 1
+            try:
+                text, record.success, record.error, record.latency_s = future.result()
+                self._respond(ep, record, text)
+            except Exception as e:
+                self._finish(ep, "error", f"{type(e).__name__}: {e}")
+
+    def _respond(self, ep: _Episode, record: ToolCallRecord, text: str):
+        t = ep.traj
+        ids = self.tokenizer.tool_response_ids(text)
+        record.response_tokens = len(ids)
+        t.tool_calls.append(record)
+        if self._response_left(t) - len(ids) < 1:
+            return self._finish(ep, "budget")
+        if self._context_left(t, self._reserve) - len(ids) < 1:
+            return self._out_of_context(ep, closed=True)
+        self._force(t, ids)
+        t.turns.append({"role": "tool", "content": text})
+        self.sampler.extend(ep.rid, ids, self._params(self._room(t)))
+
+    def _out_of_context(self, ep: _Episode, closed: bool):
+        """Training ends here; evaluation closes the turn, adds the reminder and calls the model once more."""
+        t = ep.traj
+        if self.config.mode == "train":
+            return self._finish(ep, "context_limit")
+        forced = ([] if closed else [self.tokenizer.im_end_id]) + self._reminder_ids
+        self._force(t, forced)
+        t.turns.append({"role": "user", "content": self.config.reminder})
+        room = int(min(self.config.final_answer_tokens, self._response_left(t), self._context_left(t)))
+        if room < 1:
+            return self._finish(ep, "budget" if self._response_left(t) < 1 else "context_limit")
+        ep.final_call = True
+        self.sampler.extend(ep.rid, forced, self._params(room))
+
+    @staticmethod
+    def _force(t: Trajectory, ids: list[int]):
+        t.response_ids += ids
+        t.response_mask += [0] * len(ids)
+        t.rollout_logprobs += [0.0] * len(ids)
+
+    def _finish(self, ep: _Episode, reason: str, error: str | None = None):
+        t = ep.traj
+        t.termination, t.error = reason, error
+        t.answer = extract_answer(self.tokenizer.decode(t.response_ids))
+        t.elapsed_s = time.perf_counter() - ep.started
+        if ep.rid is not None:
+            self._running.pop(ep.rid, None)
+            try:
+                self.sampler.release(ep.rid)
+            except Exception:
+                if reason != "error":  # after an error the request may already be gone
+                    raise
+        self._done.append(t)
+        self.stats.done += 1
+        if self._on_trajectory:
+            self._on_trajectory(t)
+
+
+# --- evaluation -----------------------------------------------------------------------------------------------
+def eval_sampling_params(greedy: bool = False, **overrides):
+    """PROTOCOL.md section 7 decoding: temperature 0.6, top_p 0.95, top_k 20, presence penalty 1.1."""
+    from .sampler import SamplingParams
+
+    base = dict(temperature=0.0) if greedy else dict(temperature=0.6, top_p=0.95, top_k=20, presence_penalty=1.1)
+    return SamplingParams(**{**base, **overrides})
+
+
+def evaluate(model, tokenizer, questions: list[Question], env, k: int = 4, *, params=None,
+             config: AgentConfig | None = None, judge=None, sampler=None, out_dir=None, on_progress=None,
+             title: str = "Evaluation", run_info: dict | None = None) -> dict:
+    """Roll out k samples per question in eval mode, judge them (exact match unless `judge` is given) and return
+    the report of `litere.reward.summarize` (plus `run_info` under "run"). With `out_dir`, also writes
+    trajectories.jsonl, report.json and report.md there."""
+    from .reward import ExactMatchJudge
+    from .sampler import Sampler
+
+    config = config or AgentConfig(mode="eval", max_turns=100)
+    if sampler is None:
+        sampler = Sampler(model)
+    agent = Agent(sampler, tokenizer, env, params or eval_sampling_params(), config)
+    trajectories = agent.run(questions, n=k, on_progress=on_progress)
+    score_trajectories(trajectories, judge or ExactMatchJudge())
+    report = summarize(trajectories, k)
+    if run_info is not None:
+        report["run"] = run_info
+    if out_dir is not None:
+        write_run(out_dir, trajectories, report, title)
+    return report
+
+
+def write_run(out_dir, trajectories: list[Trajectory], report: dict, title: str = "Evaluation") -> Path:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_trajectories(trajectories, out / "trajectories.jsonl")
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "report.md").write_text(report_markdown(report, title))
+    return out
+
+
+def print_progress(stats: RolloutStats, stream=None):
+    """One self-overwriting progress line (stderr by default); the caller ends it with a newline when the run is
+    over."""
+    stream = stream or sys.stderr
+    stream.write("\r" + stats.line() + " " * 4)
+    stream.flush()
