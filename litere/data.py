@@ -1,0 +1,415 @@
+"""SFT data: conversation readers, tokenisation with loss masks, deterministic shuffling and packing.
+
+Readers take JSON lines or a JSON array of records, each either `{"messages": [{"role", "content"}, ...]}` or
+LLaMA-Factory's sharegpt form `{"conversations": [{"from", "value"}, ...], "system": ...}`. Tokens come from
+`Tokenizer.encode_conversation`, the agent's own token stream, so the labels cover exactly the tokens a policy
+samples (assistant text after the opening `<think>\\n`, plus the closing `<|im_end|>`).
+
+A training step takes one global batch from the epoch's permutation; every rank computes the same plan (which
+documents, which rank, which micro-batch), so the plan and therefore the loss do not depend on the world size.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .tokenizer import Tokenizer
+
+SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                  "function_call": "assistant", "observation": "tool", "tool": "tool"}
+MESSAGE_ROLES = ("system", "user", "assistant", "tool")
+
+
+class DataError(ValueError):
+    """A data record cannot be used; the message starts with `file:line`."""
+
+
+# --- reading records ----------------------------------------------------------------------------------------------
+def read_records(path: str | Path) -> Iterator[tuple[str, object]]:
+    """(`file:line`, record) for each record of a JSON lines file or a JSON array file.
+
+    A record that is not valid JSON comes as a DataError in place of the record, so the caller decides whether to
+    skip it or stop.
+    """
+    path = Path(path)
+    try:
+        with path.open(encoding="utf-8") as f:
+            head = f.read(4096).lstrip()
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror})") from None
+    if head.startswith("["):
+        yield from _array_records(path)
+        return
+    with path.open(encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{number}"
+            try:
+                yield where, json.loads(line)
+            except json.JSONDecodeError as e:
+                yield where, DataError(f"{where}: not valid JSON ({e.msg} at column {e.colno})")
+
+
+def _array_records(path: Path) -> Iterator[tuple[str, object]]:
+    text = path.read_text(encoding="utf-8")
+    decoder = json.JSONDecoder()
+    index, line = text.index("[") + 1, 1 + text.count("\n", 0, text.index("["))
+
+    def skip(i: int, separators: str) -> int:
+        while i < len(text) and (text[i].isspace() or text[i] in separators):
+            i += 1
+        return i
+
+    position = index
+    while True:
+        index = skip(index, ",")
+        line += text.count("\n", position, index)
+        position = index
+        if index >= len(text) or text[index] == "]":
+            return
+        where = f"{path}:{line}"
+        try:
+            record, index = decoder.raw_decode(text, index)
+        except json.JSONDecodeError as e:
+            yield f"{path}:{e.lineno}", DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg} at column {e.colno}); "
+                                                  "the rest of this JSON array cannot be read")
+            return
+        yield where, record
+
+
+# --- records to messages ------------------------------------------------------------------------------------------
+def conversation_messages(record) -> list[dict]:
+    """The messages of a record in either schema; raises ValueError naming what is wrong."""
+    if not isinstance(record, dict):
+        raise ValueError(f"expected a JSON object, got {type(record).__name__}")
+    if "messages" in record:
+        return _checked_messages(record["messages"])
+    if "conversations" in record:
+        return _sharegpt_messages(record)
+    raise ValueError(f"expected a 'messages' or 'conversations' list, found keys {sorted(record)}")
+
+
+def _checked_messages(messages) -> list[dict]:
+    if not isinstance(messages, list) or not messages:
+        raise ValueError("'messages' must be a non-empty list")
+    out = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or m.get("role") not in MESSAGE_ROLES:
+            role = m.get("role") if isinstance(m, dict) else m
+            raise ValueError(f"message {i} has role {role!r}; expected one of {', '.join(MESSAGE_ROLES)}")
+        if not isinstance(m.get("content"), str):
+            raise ValueError(f"message {i} ({m['role']}) content must be a string, "
+                             f"got {type(m.get('content')).__name__}")
+        out.append({"role": m["role"], "content": m["content"]})
+    return out
+
+
+def _sharegpt_messages(record: dict) -> list[dict]:
+    turns = record["conversations"]
+    if not isinstance(turns, list) or not turns:
+        raise ValueError("'conversations' must be a non-empty list")
+    messages = []
+    system = record.get("system")
+    if system:
+        if not isinstance(system, str):
+            raise ValueError(f"'system' must be a string, got {type(system).__name__}")
+        messages.append({"role": "system", "content": system})
+    for i, turn in enumerate(turns):
+        if not isinstance(turn, dict):
+            raise ValueError(f"conversation turn {i} is a {type(turn).__name__}, expected an object")
+        speaker = turn.get("from", turn.get("role"))
+        value = turn.get("value", turn.get("content"))
+        if speaker not in SHAREGPT_ROLES:
+            raise ValueError(f"conversation turn {i} is from {speaker!r}; expected one of {', '.join(SHAREGPT_ROLES)}")
+        if not isinstance(value, str):
+            raise ValueError(f"conversation turn {i} ({speaker}) value must be a string, got {type(value).__name__}")
+        role = SHAREGPT_ROLES[speaker]
+        if speaker == "function_call":
+            value = _tool_call_text(value)
+        elif role == "tool" and value.startswith("<tool_response>"):
+            role = "user"  # already wrapped as the agent sees it
+        messages.append({"role": role, "content": value})
+    return messages
+
+
+def _tool_call_text(value: str) -> str:
+    """A sharegpt function_call value (JSON of one call or a list of calls) as Qwen3 <tool_call> blocks."""
+    try:
+        calls = json.loads(value)
+    except json.JSONDecodeError:
+        return value  # already rendered text
+    calls = [calls] if isinstance(calls, dict) else calls
+    if not isinstance(calls, list) or not all(isinstance(c, dict) and "name" in c for c in calls):
+        return value
+    return "\n".join("<tool_call>\n" + json.dumps({"name": c["name"], "arguments": c.get("arguments", {})},
+                                                  ensure_ascii=False) + "\n</tool_call>" for c in calls)
+
+
+# --- tokenised dataset --------------------------------------------------------------------------------------------
+@dataclass
+class DataStats:
+    files: int = 0
+    records: int = 0
+    bad: int = 0
+    truncated: int = 0
+    dropped_overlong: int = 0
+    no_labels: int = 0
+    kept: int = 0
+    tokens: int = 0
+    supervised_tokens: int = 0
+    bad_examples: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return (f"{self.kept:,} conversations ({self.tokens:,} tokens, {self.supervised_tokens:,} supervised) from "
+                f"{self.records:,} records in {self.files} file(s); {self.truncated} truncated, "
+                f"{self.dropped_overlong} dropped as over-long, {self.no_labels} without assistant tokens, "
+                f"{self.bad} bad records skipped")
+
+
+@dataclass
+class SFTDataset:
+    """Tokenised conversations stored flat: document i is tokens[offsets[i]:offsets[i+1]] with its label mask."""
+    tokens: np.ndarray  # int32
+    labels: np.ndarray  # uint8, 1 where the token is a training target
+    offsets: np.ndarray  # int64, len(docs) + 1
+    sources: list[str]  # file:line of each document
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def document(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        a, b = self.offsets[i], self.offsets[i + 1]
+        return self.tokens[a:b], self.labels[a:b]
+
+    def fingerprint(self) -> str:
+        """Changes when the documents change; stored with checkpoints so a resume notices different data."""
+        digest = hashlib.sha256(self.offsets.tobytes())
+        digest.update(self.tokens[:: max(1, len(self.tokens) // 100_000)].tobytes())
+        digest.update(self.labels.sum(dtype=np.int64).tobytes())
+        return digest.hexdigest()[:16]
+
+
+def load_sft_dataset(paths: list[str | Path], tokenizer: Tokenizer, *, cutoff_len: int, overlong: str = "truncate",
+                     bad_lines: str = "fail", log: Callable[[str], None] = print) -> tuple[SFTDataset, DataStats]:
+    """Read, check and tokenise every conversation of `paths`.
+
+    overlong: "truncate" keeps the first `cutoff_len` tokens, "drop" leaves the conversation out.
+    bad_lines: "fail" raises DataError at the first bad record, "skip" counts it and reports the first few.
+    """
+    if overlong not in ("truncate", "drop"):
+        raise ValueError(f"overlong={overlong!r}: expected 'truncate' or 'drop'")
+    if bad_lines not in ("fail", "skip"):
+        raise ValueError(f"bad_lines={bad_lines!r}: expected 'fail' or 'skip'")
+    if cutoff_len < 2:
+        raise ValueError(f"cutoff_len={cutoff_len}: need at least 2 tokens")
+    if not paths:
+        raise DataError("no training files given (train_files is empty)")
+    stats = DataStats(files=len(paths))
+    token_parts, label_parts, lengths, sources = [], [], [], []
+    for path in paths:
+        for where, record in read_records(path):
+            stats.records += 1
+            try:
+                if isinstance(record, DataError):
+                    raise record
+                try:
+                    ids, mask = tokenizer.encode_conversation(conversation_messages(record))
+                except ValueError as e:
+                    raise DataError(f"{where}: {e}") from None
+            except DataError as e:
+                if bad_lines == "fail":
+                    raise
+                stats.bad += 1
+                if len(stats.bad_examples) < 5:
+                    stats.bad_examples.append(str(e))
+                    log(f"skipping bad record {e}")
+                continue
+            if len(ids) > cutoff_len:
+                if overlong == "drop":
+                    stats.dropped_overlong += 1
+                    continue
+                stats.truncated += 1
+                ids, mask = ids[:cutoff_len], mask[:cutoff_len]
+            if not any(mask[1:]):  # the first token is never a target
+                stats.no_labels += 1
+                continue
+            token_parts.append(np.asarray(ids, dtype=np.int32))
+            label_parts.append(np.asarray(mask, dtype=np.uint8))
+            lengths.append(len(ids))
+            sources.append(where)
+    if not lengths:
+        raise DataError(f"no usable conversations in {', '.join(map(str, paths))} ({stats.summary()})")
+    tokens, labels = np.concatenate(token_parts), np.concatenate(label_parts)
+    stats.kept, stats.tokens = len(lengths), len(tokens)
+    stats.supervised_tokens = int(sum(int(m[1:].sum()) for m in label_parts))
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return SFTDataset(tokens, labels, offsets, sources), stats
+
+
+# --- batches ------------------------------------------------------------------------------------------------------
+@dataclass
+class MicroBatch:
+    """Documents packed into one flat stream; targets are the next tokens, weights 1 on supervised targets."""
+    input_ids: torch.Tensor  # (T,) int64
+    positions: torch.Tensor  # (T,) int64, restarting at 0 for each document
+    targets: torch.Tensor  # (T,) int64
+    weights: torch.Tensor  # (T,) float32
+    seqlens: list[int]
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.input_ids)
+
+    def to(self, device) -> MicroBatch:
+        return MicroBatch(self.input_ids.to(device), self.positions.to(device), self.targets.to(device),
+                          self.weights.to(device), self.seqlens)
+
+
+def pack_documents(dataset: SFTDataset, docs) -> MicroBatch:
+    """One stream of the documents `docs`; document i contributes len_i - 1 input tokens (input[:-1], target[1:])."""
+    ids, targets, weights, positions, seqlens = [], [], [], [], []
+    for i in docs:
+        tokens, labels = dataset.document(int(i))
+        ids.append(tokens[:-1])
+        targets.append(tokens[1:])
+        weights.append(labels[1:])
+        positions.append(np.arange(len(tokens) - 1))
+        seqlens.append(len(tokens) - 1)
+    if not seqlens:  # a rank with nothing to do still joins the collectives of a step
+        return MicroBatch(torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long),
+                          torch.zeros(1, dtype=torch.long), torch.zeros(1), [1])
+    return MicroBatch(torch.from_numpy(np.concatenate(ids).astype(np.int64)),
+                      torch.from_numpy(np.concatenate(positions).astype(np.int64)),
+                      torch.from_numpy(np.concatenate(targets).astype(np.int64)),
+                      torch.from_numpy(np.concatenate(weights).astype(np.float32)), seqlens)
+
+
+@dataclass
+class StepBatch:
+    """This rank's micro-batches of one step and the totals of the whole global batch."""
+    micro_batches: list[MicroBatch]
+    sequences: int
+    tokens: int
+    supervised_tokens: int
+    doc_lengths: list[int]
+
+
+@dataclass
+class DataPosition:
+    epoch: int = 0
+    step: int = 0  # steps of this epoch already taken
+
+
+class BatchPlanner:
+    """Splits each epoch's permutation into global batches and each global batch into per-rank micro-batches.
+
+    global_batch counts sequences (unit "sequences") or input tokens (unit "tokens"); pack_tokens is the most input
+    tokens of one micro-batch on one rank. The plan depends on (seed, epoch, step) only, never on the world size,
+    except for how documents are spread over ranks.
+    """
+
+    def __init__(self, dataset: SFTDataset, *, global_batch: int, unit: str, pack_tokens: int, seed: int):
+        if unit not in ("sequences", "tokens"):
+            raise ValueError(f"batch_unit={unit!r}: expected 'sequences' or 'tokens'")
+        if global_batch <= 0 or pack_tokens <= 0:
+            raise ValueError(f"global_batch ({global_batch}) and pack_tokens ({pack_tokens}) must be positive")
+        self.dataset, self.global_batch, self.unit = dataset, global_batch, unit
+        self.pack_tokens, self.seed = pack_tokens, seed
+        self.input_lengths = dataset.lengths - 1
+        starts = dataset.offsets[:-1]  # the first token of a document is never a target
+        self.supervised = np.add.reduceat(dataset.labels, starts, dtype=np.int64) - dataset.labels[starts]
+        longest = int(self.input_lengths.max())
+        if longest > pack_tokens:
+            raise ValueError(f"pack_tokens={pack_tokens} is less than the longest document ({longest} input tokens); "
+                             "raise pack_tokens or lower cutoff_len")
+        if unit == "tokens" and longest > global_batch:
+            raise ValueError(f"global_batch={global_batch} tokens is less than the longest document ({longest})")
+        self._bounds: dict[int, list[int]] = {}
+
+    def order(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, epoch]).permutation(len(self.dataset))
+
+    def step_bounds(self, epoch: int) -> list[int]:
+        """Start indices into the epoch's order of each step, plus the end of the last step."""
+        if epoch not in self._bounds:
+            n = len(self.dataset)
+            if self.unit == "sequences":
+                bounds = list(range(0, n - self.global_batch + 1, self.global_batch))
+                bounds.append(bounds[-1] + self.global_batch if bounds else 0)
+            else:
+                bounds, total = [0], 0
+                for i, length in enumerate(self.input_lengths[self.order(epoch)]):
+                    if total + length > self.global_batch:
+                        bounds.append(i)
+                        total = 0
+                    total += int(length)
+                if total * 2 >= self.global_batch:  # keep a final partial batch if it is at least half full
+                    bounds.append(n)
+            self._bounds = {epoch: bounds}
+        return self._bounds[epoch]
+
+    def steps_in_epoch(self, epoch: int) -> int:
+        return len(self.step_bounds(epoch)) - 1
+
+    def total_steps(self, epochs: float) -> int:
+        whole, fraction = int(epochs), epochs - int(epochs)
+        steps = sum(self.steps_in_epoch(e) for e in range(whole))
+        return steps + int(fraction * self.steps_in_epoch(whole))
+
+    def advance(self, position: DataPosition) -> DataPosition:
+        if position.step + 1 < self.steps_in_epoch(position.epoch):
+            return DataPosition(position.epoch, position.step + 1)
+        return DataPosition(position.epoch + 1, 0)
+
+    def step_documents(self, position: DataPosition) -> np.ndarray:
+        bounds = self.step_bounds(position.epoch)
+        if not 0 <= position.step < len(bounds) - 1:
+            raise IndexError(f"epoch {position.epoch} has {len(bounds) - 1} steps, asked for step {position.step}")
+        return self.order(position.epoch)[bounds[position.step]:bounds[position.step + 1]]
+
+    def batch(self, position: DataPosition, rank: int = 0, world_size: int = 1) -> StepBatch:
+        docs = self.step_documents(position)
+        packs = [self._pack(rank_docs) for rank_docs in self._spread(docs, world_size)]
+        n_micro = max(len(p) for p in packs)
+        mine = packs[rank] + [[]] * (n_micro - len(packs[rank]))  # equal counts keep the collectives in step
+        lengths = self.input_lengths[docs]
+        return StepBatch([pack_documents(self.dataset, p) for p in mine], sequences=len(docs),
+                         tokens=int(lengths.sum()), supervised_tokens=int(self.supervised[docs].sum()),
+                         doc_lengths=lengths.tolist())
+
+    def _spread(self, docs: np.ndarray, world_size: int) -> list[list[int]]:
+        """Longest document first onto the rank with the fewest tokens so far (ties: the lowest rank)."""
+        load, out = [0] * world_size, [[] for _ in range(world_size)]
+        for i in sorted(docs.tolist(), key=lambda d: (-self.input_lengths[d], d)):
+            r = min(range(world_size), key=lambda k: (load[k], k))
+            out[r].append(i)
+            load[r] += int(self.input_lengths[i])
+        return out
+
+    def _pack(self, docs: list[int]) -> list[list[int]]:
+        """First-fit decreasing into micro-batches of at most pack_tokens input tokens."""
+        bins: list[list[int]] = []
+        room: list[int] = []
+        for i in sorted(docs, key=lambda d: (-self.input_lengths[d], d)):
+            length = int(self.input_lengths[i])
+            for b, free in enumerate(room):
+                if length <= free:
+                    bins[b].append(i)
+                    room[b] -= length
+                    break
+            else:
+                bins.append([i])
+                room.append(self.pack_tokens - length)
+        return bins

