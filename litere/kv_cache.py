@@ -2,25 +2,41 @@
 the model's attention layers write to and read from."""
 from __future__ import annotations
 
+import heapq
+
 import torch
 
 import kernels
 
 
 class BlockManager:
-    """Free list and reference counts of the cache blocks; a block shared by several sequences has count > 1."""
+    """Reference counts of the cache blocks (a block shared by several sequences has count > 1) and the free blocks,
+    kept as runs of consecutive ids.
+
+    On CPU, attention reads a sequence's keys in place when its blocks are consecutive (kernels.reference), so
+    allocation keeps each sequence's blocks together: `allocate(after=b)` returns b + 1 when that block is free, and
+    a block that starts a new run is taken from the middle of the largest free run, leaving room on both sides for
+    the sequences around it to grow.
+    """
 
     def __init__(self, num_blocks: int):
         self.num_blocks = num_blocks
         self.refcount = [0] * num_blocks
-        self.free = list(range(num_blocks - 1, -1, -1))  # pop() hands out low ids first
+        self.num_free = num_blocks
+        self._runs = {0: num_blocks}  # start -> length of each free run
+        self._run_ending = {num_blocks: 0}  # end (exclusive) -> start of each free run
+        self._largest = [(-num_blocks, 0)]  # heap of (-length, start); entries of changed runs are skipped
 
-    @property
-    def num_free(self) -> int:
-        return len(self.free)
-
-    def allocate(self) -> int:
-        block = self.free.pop()
+    def allocate(self, after: int | None = None) -> int:
+        if self.num_free == 0:
+            raise RuntimeError("BlockManager: no free block (the scheduler must make room first)")
+        block = None if after is None else after + 1
+        if block in self._runs:  # free: a free block right after a used one starts a run
+            start, length = block, self._runs[block]
+        else:
+            start, length = self._largest_run()
+            block = start if start == 0 else start + length // 2  # nothing before block 0 needs room
+        self._take(block, start, length)
         self.refcount[block] = 1
         return block
 
@@ -32,7 +48,43 @@ class BlockManager:
         for b in blocks:
             self.refcount[b] -= 1
             if self.refcount[b] == 0:
-                self.free.append(b)
+                self._give_back(b)
+
+    def _largest_run(self) -> tuple[int, int]:
+        while True:
+            length, start = self._largest[0]
+            if self._runs.get(start) == -length:
+                return start, -length
+            heapq.heappop(self._largest)
+
+    def _add_run(self, start: int, length: int):
+        if length > 0:
+            self._runs[start] = length
+            self._run_ending[start + length] = start
+            heapq.heappush(self._largest, (-length, start))
+
+    def _take(self, block: int, start: int, length: int):
+        """Remove a free block from its run [start, start + length)."""
+        del self._runs[start], self._run_ending[start + length]
+        self._add_run(start, block - start)
+        self._add_run(block + 1, start + length - block - 1)
+        self.num_free -= 1
+        if len(self._largest) > 4 * len(self._runs) + 64:  # drop the skipped entries now and then
+            self._largest = [(-n, s) for s, n in self._runs.items()]
+            heapq.heapify(self._largest)
+
+    def _give_back(self, block: int):
+        start, end = block, block + 1
+        left = self._run_ending.pop(block, None)
+        if left is not None:
+            start = left
+            del self._runs[left]
+        right = self._runs.pop(end, None)
+        if right is not None:
+            del self._run_ending[end + right]
+            end += right
+        self._add_run(start, end - start)
+        self.num_free += 1
 
 
 class PagedKVCache:

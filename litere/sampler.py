@@ -360,14 +360,14 @@ class Sampler:
 
     def _grow(self, seq: _Sequence, n: int):
         if self._needs_copy(seq):
-            src, dst = seq.blocks[-1], self.blocks.allocate()
+            src, dst = seq.blocks[-1], self.blocks.allocate(seq.blocks[-2] if len(seq.blocks) > 1 else None)
             self._block_copies.append((src, dst))
             self.blocks.release([src])
             seq.blocks[-1] = dst
             if seq.row is not None:  # a queued sequence gets its whole row written when admitted
                 self._table_writes.append((seq.row, len(seq.blocks) - 1, dst))
         for _ in range(math.ceil((seq.num_cached + n) / self.block_size) - len(seq.blocks)):
-            block = self.blocks.allocate()
+            block = self.blocks.allocate(seq.blocks[-1] if seq.blocks else None)
             seq.blocks.append(block)
             if seq.row is not None:
                 self._table_writes.append((seq.row, len(seq.blocks) - 1, block))
@@ -481,8 +481,10 @@ class Sampler:
         return hidden, sample_at
 
     def _sample(self, hidden: torch.Tensor, samplers: list[tuple[int, _Sequence]]):
-        index = torch.tensor([i for i, _ in samplers], device=self.device)
-        logits = self.model.logits(hidden[index])
+        index = [i for i, _ in samplers]
+        if index != list(range(len(hidden))):  # a pure decode step samples every row in order
+            hidden = hidden[torch.tensor(index, device=self.device)]
+        logits = self.model.logits(hidden)
         seqs = [s for _, s in samplers]
         seen_prompt = seen_output = None
         if any(s.params.uses_penalties for s in seqs):
