@@ -49,6 +49,12 @@ class SFTConfig:
     batch_unit: str = "sequences"  # sequences | tokens
     epochs: float = 1.0
     max_steps: int = 0  # > 0: the schedule has exactly this many steps (epochs repeat as needed)
+    # > 0: the loss also counts the tokens the policy does not generate (system prompt, question, tool responses),
+    # each with this weight relative to a supervised token; the logged loss stays the supervised one
+    context_loss_weight: float = 0.0
+    # > 0: train for this many minutes of wall-clock time instead of a step count; warmup and cosine run over the
+    # time budget and training stops when it is spent (or earlier, when epochs / max_steps are done)
+    budget_minutes: float = 0.0
     seed: int = 0
     eval_files: list[str] = field(default_factory=list)  # held-out conversations: their token-mean loss is logged
     eval_every: int = 0  # steps; 0: evaluate after the last step only
@@ -88,6 +94,10 @@ class SFTConfig:
                 raise run_config.RunConfigError(f"{key}={getattr(self, key)} must be positive")
         if not 0 <= self.warmup_ratio < 1:
             raise run_config.RunConfigError(f"warmup_ratio={self.warmup_ratio} must be in [0, 1)")
+        if self.context_loss_weight < 0:
+            raise run_config.RunConfigError(f"context_loss_weight={self.context_loss_weight} must be >= 0")
+        if self.budget_minutes < 0:
+            raise run_config.RunConfigError(f"budget_minutes={self.budget_minutes} must be >= 0 (0: no time budget)")
 
 
 # --- schedule -----------------------------------------------------------------------------------------------------
@@ -105,13 +115,33 @@ class WarmupCosine:
         return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+class TimedWarmupCosine:
+    """LR multiplier over a wall-clock budget: linear warmup (from 1%) over the first `warmup_ratio` of the budget,
+    then cosine to min_ratio at its end. The training loop sets `elapsed_s` before each scheduler step; the
+    scheduler's state (this object's fields) keeps it across a resume."""
+
+    def __init__(self, budget_s: float, warmup_ratio: float, min_ratio: float):
+        self.budget_s, self.warmup_ratio, self.min_ratio = budget_s, warmup_ratio, min_ratio
+        self.elapsed_s = 0.0
+
+    def __call__(self, step: int) -> float:
+        progress = min(1.0, self.elapsed_s / self.budget_s)
+        if progress < self.warmup_ratio:
+            return max(0.01, progress / self.warmup_ratio)
+        decay = (progress - self.warmup_ratio) / (1 - self.warmup_ratio)
+        return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * decay))
+
+
 def build_optimizer(model, cfg: SFTConfig, total_steps: int):
     decay = [p for p in model.parameters() if p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.ndim < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps)
-    warmup = math.ceil(cfg.warmup_ratio * total_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(total_steps, warmup, cfg.min_lr_ratio))
+    if cfg.budget_minutes > 0:
+        schedule = TimedWarmupCosine(cfg.budget_minutes * 60, cfg.warmup_ratio, cfg.min_lr_ratio)
+    else:
+        schedule = WarmupCosine(total_steps, math.ceil(cfg.warmup_ratio * total_steps), cfg.min_lr_ratio)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     return optimizer, scheduler
 
 
@@ -185,29 +215,49 @@ def cpu_has_bf16() -> bool:
 
 
 # --- one step -----------------------------------------------------------------------------------------------------
-def summed_nll(model, batch: MicroBatch, device, autocast_dtype: torch.dtype | None) -> torch.Tensor:
-    """Sum of -logprob over the supervised targets of one packed micro-batch.
+def token_nll(model, batch: MicroBatch, device, autocast_dtype: torch.dtype | None,
+              every_target: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """-logprob of the scored targets of one packed micro-batch, and their supervision weights.
 
-    The head runs on supervised positions only (prompts and tool responses never need logits). A micro-batch
-    without any still scores one position, with weight 0, so that its backward pass (and FSDP's gradient
-    collectives) runs like every other rank's.
+    Scored are the supervised targets (the head never runs on prompts and tool responses), or with
+    `every_target` all of them. A micro-batch without supervised targets (a rank with nothing to do) still scores
+    one position, with weight 0, so that its backward pass (and FSDP's gradient collectives) runs like every
+    other rank's.
     """
     batch = batch.to(device)
-    scored = batch.weights.nonzero().squeeze(1)
-    if not len(scored):
+    supervised = batch.weights.nonzero().squeeze(1)
+    if not len(supervised):
         scored = torch.zeros(1, dtype=torch.long, device=device)
+    elif every_target:
+        scored = torch.arange(len(batch.targets), device=device)
+    else:
+        scored = supervised
     autocast = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
     with autocast:
         hidden = model(batch.input_ids, batch.positions, seqlens=batch.seqlens)
         logprobs = model.token_logprobs(hidden[scored], batch.targets[scored])
-    return -(logprobs * batch.weights[scored]).sum()
+    return -logprobs, batch.weights[scored]
 
 
-def micro_step(model, batch: MicroBatch, scale: float, device, autocast_dtype: torch.dtype | None) -> torch.Tensor:
-    """Forward and backward of one packed micro-batch; returns its summed negative logprob (detached)."""
-    nll = summed_nll(model, batch, device, autocast_dtype)
-    (nll * scale).backward()
-    return nll.detach()
+def summed_nll(model, batch: MicroBatch, device, autocast_dtype: torch.dtype | None) -> torch.Tensor:
+    """Sum of -logprob over the supervised targets of one packed micro-batch."""
+    nll, weights = token_nll(model, batch, device, autocast_dtype)
+    return (nll * weights).sum()
+
+
+def micro_step(model, batch: MicroBatch, scale: float, device, autocast_dtype: torch.dtype | None,
+               context_weight: float = 0.0) -> torch.Tensor:
+    """Forward and backward of one packed micro-batch; returns its summed supervised -logprob (detached).
+
+    With context_weight > 0 the objective also counts every other target (system prompt, question, tool
+    responses) with that weight: a language-modelling loss on the context, which gives a model trained from
+    scratch many more examples of copying names and values than its own turns hold.
+    """
+    nll, weights = token_nll(model, batch, device, autocast_dtype, every_target=context_weight > 0)
+    supervised = (nll * weights).sum()
+    objective = supervised + context_weight * (nll * (1 - weights)).sum() if context_weight > 0 else supervised
+    (objective * scale).backward()
+    return supervised.detach()
 
 
 def evaluate(model, planner: BatchPlanner, env: DistEnv, autocast_dtype: torch.dtype | None) -> float:
@@ -322,20 +372,29 @@ def _train(cfg: SFTConfig, env: DistEnv) -> Path:
         log.info(f"resumed from {resume_from} at step {step} (epoch {position.epoch}, step {position.step} of it)")
 
     peak = peak_flops(cfg, env)
+    clock = scheduler.lr_lambdas[0] if cfg.budget_minutes > 0 else None
+    if clock:  # a resumed schedule keeps its elapsed time but takes this config's budget
+        clock.budget_s, clock.warmup_ratio, clock.min_ratio = cfg.budget_minutes * 60, cfg.warmup_ratio, cfg.min_lr_ratio
+    length = (f"{cfg.budget_minutes:g} minutes (at most {total_steps} steps)" if clock else f"{total_steps} steps")
     log.info(f"model: {mcfg.num_parameters() / 1e6:.1f}M parameters, {env.world_size} process(es) on "
              f"{env.device.type}, precision {precision}" + (f" ({bf16_mode})" if precision == "bf16" else "")
-             + f", activation checkpointing {'on' if cfg.activation_checkpointing else 'off'}; {total_steps} steps of "
-               f"{cfg.global_batch} {cfg.batch_unit}, {planner.steps_in_epoch(0)} per epoch")
+             + f", activation checkpointing {'on' if cfg.activation_checkpointing else 'off'}; {length} of "
+               f"{cfg.global_batch} {cfg.batch_unit}, {planner.steps_in_epoch(0)} steps per epoch")
     started, start_step = time.perf_counter(), step
-    while step < total_steps:
+    budget_before = clock.elapsed_s if clock else 0.0  # time spent before a resume
+    out_of_time = False
+    while step < total_steps and not out_of_time:
         t0 = time.perf_counter()
         batch = planner.batch(position, env.rank, env.world_size)
         scale = env.world_size / batch.supervised_tokens
         nll = torch.zeros((), dtype=torch.float64, device=env.device)
         for micro in batch.micro_batches:
-            nll += micro_step(model, micro, scale, env.device, autocast_dtype).double()
+            nll += micro_step(model, micro, scale, env.device, autocast_dtype, cfg.context_loss_weight).double()
         loss = float(distributed.all_reduce_sum(nll, env)) / batch.supervised_tokens
         lr = scheduler.get_last_lr()[0]
+        if clock:
+            clock.elapsed_s = budget_before + _agreed_seconds(time.perf_counter() - started, env)
+            out_of_time = clock.elapsed_s >= clock.budget_s
         grad_norm = optimizer_step(model, optimizer, scheduler, cfg.grad_clip)
         if env.device.type == "cuda":
             torch.cuda.synchronize(env.device)
@@ -348,13 +407,16 @@ def _train(cfg: SFTConfig, env: DistEnv) -> Path:
                   "step_s": round(seconds, 4), "tokens_per_s": batch.tokens / seconds}
         if peak:
             record["mfu"] = step_flops(mcfg, batch.doc_lengths) / seconds / (peak * env.world_size)
-        if eval_planner and (step == total_steps or (cfg.eval_every > 0 and step % cfg.eval_every == 0)):
+        last = step == total_steps or out_of_time
+        if clock:
+            record["train_s"] = round(clock.elapsed_s, 2)
+        if eval_planner and (last or (cfg.eval_every > 0 and step % cfg.eval_every == 0)):
             record["eval_loss"] = evaluate(model, eval_planner, env, autocast_dtype)
             log.info(f"step {step}: held-out loss {record['eval_loss']:.4f}")
         log.metrics(record)
-        if step % cfg.log_every == 0 or step == total_steps:
-            _progress_line(log, record, total_steps, time.perf_counter() - started, step - start_step)
-        if cfg.checkpoint_every > 0 and step % cfg.checkpoint_every == 0 and step < total_steps:
+        if step % cfg.log_every == 0 or last:
+            _progress_line(log, record, total_steps, time.perf_counter() - started, step - start_step, clock)
+        if cfg.checkpoint_every > 0 and step % cfg.checkpoint_every == 0 and not last:
             path = checkpoint.save(run_dir, step, model, optimizer, scheduler,
                                    {"data_position": vars(position), "data_fingerprint": planner.dataset.fingerprint()},
                                    env, keep=cfg.keep_checkpoints)
@@ -381,12 +443,26 @@ def _load_data(cfg: SFTConfig, tokenizer: Tokenizer, log: RunLog) -> tuple[Batch
                                  seed=cfg.seed)
 
 
-def _progress_line(log: RunLog, record: dict, total_steps: int, elapsed: float, steps_done: int):
-    eta = elapsed / steps_done * (total_steps - record["step"])
+def _progress_line(log: RunLog, record: dict, total_steps: int, elapsed: float, steps_done: int,
+                   clock: TimedWarmupCosine | None):
     mfu = f" mfu {record['mfu']:.1%}" if "mfu" in record else ""
-    log.info(f"step {record['step']}/{total_steps} | loss {record['loss']:.4f} | lr {record['lr']:.2e} | "
-             f"grad norm {record['grad_norm']:.3f} | {record['tokens_per_s']:,.0f} tok/s{mfu} | "
-             f"{_duration(elapsed)} elapsed, eta {_duration(eta)}")
+    if clock:
+        where = f"step {record['step']}"
+        timing = f"{_duration(clock.elapsed_s)} of {_duration(clock.budget_s)}"
+    else:
+        where = f"step {record['step']}/{total_steps}"
+        eta = elapsed / steps_done * (total_steps - record["step"])
+        timing = f"{_duration(elapsed)} elapsed, eta {_duration(eta)}"
+    log.info(f"{where} | loss {record['loss']:.4f} | lr {record['lr']:.2e} | grad norm {record['grad_norm']:.3f} | "
+             f"{record['tokens_per_s']:,.0f} tok/s{mfu} | {timing}")
+
+
+def _agreed_seconds(seconds: float, env: DistEnv) -> float:
+    """The ranks' mean of a duration, so that every rank takes the same decision to stop."""
+    if not env.distributed:
+        return seconds
+    return float(distributed.all_reduce_sum(torch.tensor(seconds, dtype=torch.float64, device=env.device), env)
+                 ) / env.world_size
 
 
 def _epoch_progress(planner: BatchPlanner, position: DataPosition) -> float:

@@ -181,3 +181,21 @@ def test_trained_tokenizer_keeps_special_tokens_whole(tmp_path, small_tok):
     for name, special in SPECIAL_TOKENS.items():
         assert tok.encode(special) == [getattr(tok, f"{name}_id")]
     assert tok.vocab_size <= 384
+
+
+def test_digit_pair_tokenizer_spells_numbers_in_pairs(tmp_path):
+    from litere.bpe import train_tokenizer
+
+    texts = [render(AGENT), "Sekal has a population of 628840. It was founded in 1972."] * 20
+    train_tokenizer(texts, 500, tmp_path, digit_pairs=True)
+    tok = Tokenizer.from_dir(tmp_path)
+    assert tok.vocab_size == 500
+    for number, pairs in (("628840", ["62", "88", "40"]), ("1972", ["19", "72"]), ("197", ["19", "7"])):
+        text = f"<answer>{number}</answer>"
+        ids = tok.encode(text)
+        assert tok.decode(ids) == text
+        assert [tok.decode([i]) for i in ids if tok.decode([i]).isdigit()] == pairs
+    text = render(AGENT)
+    assert tok.decode(tok.encode(text)) == text and tok.encode("<|im_end|>") == [tok.im_end_id]
+    with pytest.raises(ValueError, match="digit pairs"):
+        train_tokenizer(texts, 300, digit_pairs=True)

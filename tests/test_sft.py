@@ -97,3 +97,111 @@ def test_step_flops_counts_matmuls_and_causal_attention():
     matmul = 6 * config.num_parameters() * 10
     attention = 6 * config.num_hidden_layers * config.num_attention_heads * config.head_dim * (36 + 16)
     assert sft.step_flops(config, [6, 4]) == matmul + attention
+
+
+def test_timed_schedule_warms_up_then_decays_over_the_budget():
+    schedule = sft.TimedWarmupCosine(budget_s=100.0, warmup_ratio=0.1, min_ratio=0.1)
+
+    def at(seconds):
+        schedule.elapsed_s = seconds
+        return schedule(step=12345)  # the step does not matter, only the elapsed time
+
+    assert at(0) == 0.01 and at(5) == pytest.approx(0.5) and at(10) == pytest.approx(1.0)
+    assert at(55) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert at(100) == pytest.approx(0.1) and at(250) == pytest.approx(0.1)
+    values = [at(s) for s in range(10, 101, 5)]
+    assert all(a > b for a, b in zip(values, values[1:]))
+
+
+class StepClock:
+    """A perf_counter that stands still except while a step fetches its batch: every step takes `step_s`."""
+
+    def __init__(self, step_s: float):
+        self.now, self.step_s = 1000.0, step_s
+
+    def perf_counter(self):
+        return self.now
+
+    def time(self):
+        return self.now
+
+    def wrap(self, batch):
+        def timed_batch(*args, **kwargs):
+            self.now += self.step_s
+            return batch(*args, **kwargs)
+        return timed_batch
+
+
+def budget_run(data_dir, run_dir, monkeypatch, **settings):
+    clock = StepClock(step_s=10.0)
+    monkeypatch.setattr(sft, "time", clock)
+    monkeypatch.setattr(BatchPlanner, "batch", clock.wrap(BatchPlanner.batch))
+    by_step = run(data_dir, run_dir, budget_minutes=1.0, epochs=100.0, export=False, **settings)
+    monkeypatch.undo()
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return by_step, records
+
+
+def test_a_time_budget_sets_the_schedule_and_stops_the_run(data_dir, tmp_path, monkeypatch):
+    # step n ends at 10 * n seconds, which sets the lr of step n + 1; the sixth step spends the 60-second budget
+    by_step, records = budget_run(data_dir, tmp_path / "run", monkeypatch)
+    assert list(by_step) == [1, 2, 3, 4, 5, 6]
+    schedule = sft.TimedWarmupCosine(60.0, warmup_ratio=0.2, min_ratio=0.0)
+    for record in records:
+        schedule.elapsed_s = 10.0 * (record["step"] - 1)
+        assert record["lr"] == pytest.approx(3e-3 * schedule(0))
+        assert record["train_s"] == 10.0 * record["step"]
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "1 minutes (at most 500 steps)" in log and "step 6 | loss" in log and "0:01:00 of 0:01:00" in log
+
+
+def test_a_resumed_time_budget_counts_the_time_already_spent(data_dir, tmp_path, monkeypatch):
+    reference, _ = budget_run(data_dir, tmp_path / "reference", monkeypatch)
+    run_dir = tmp_path / "crashed"
+    real_step, calls = sft.optimizer_step, []
+
+    def crash_in_step_5(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:
+            raise RuntimeError("simulated crash")
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(sft, "optimizer_step", crash_in_step_5)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        budget_run(data_dir, run_dir, monkeypatch, checkpoint_every=2)
+    monkeypatch.undo()
+    resumed, records = budget_run(data_dir, run_dir, monkeypatch, checkpoint_every=2)
+    assert "resumed from" in (run_dir / "train.log").read_text()
+    assert list(resumed) == list(reference) == [1, 2, 3, 4, 5, 6]
+    assert [r["train_s"] for r in records if r["step"] > 4] == [50.0, 60.0]
+    for step in reference:
+        assert resumed[step] == pytest.approx(reference[step], abs=1e-6)
+
+
+def test_context_loss_weight_adds_the_other_targets_to_the_objective_only(data_dir):
+    tok = Tokenizer.from_dir(data_dir / "tok")
+    dataset, _ = load_sft_dataset([data_dir / "train.jsonl"], tok, cutoff_len=512)
+    (packed,) = BatchPlanner(dataset, global_batch=4, unit="sequences", pack_tokens=4096, seed=0).batch(
+        DataPosition()).micro_batches
+    model = random_model(small_config(vocab_size=tok.vocab_size)).train()
+    cpu = torch.device("cpu")
+
+    model.zero_grad()
+    returned = sft.micro_step(model, packed, 0.01, cpu, None, context_weight=0.3)
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    hidden = model(packed.input_ids, packed.positions, seqlens=packed.seqlens)
+    nll = -torch.log_softmax(model.logits(hidden).float(), -1).gather(1, packed.targets[:, None])[:, 0]
+    supervised, context = (nll * packed.weights).sum(), (nll * (1 - packed.weights)).sum()
+    assert 0 < packed.weights.sum() < len(packed.weights)
+    (0.01 * (supervised + 0.3 * context)).backward()
+    assert returned.item() == pytest.approx(supervised.item(), rel=1e-5)
+    for got, want in zip(grads, (p.grad for p in model.parameters())):
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-4)
+
+
+def test_a_run_with_context_loss_logs_the_supervised_loss(data_dir, tmp_path):
+    plain = run(data_dir, tmp_path / "plain", max_steps=2, export=False)
+    context = run(data_dir, tmp_path / "context", max_steps=2, export=False, context_loss_weight=0.5)
+    assert context[1] == pytest.approx(plain[1], abs=1e-6)  # the same weights score the same tokens
+    assert context[2] != pytest.approx(plain[2], abs=1e-4)  # a different objective took the first update
