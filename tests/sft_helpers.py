@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from litere import sft
 from litere.bpe import train_tokenizer
 from litere.tokenizer import render
 
@@ -83,3 +84,16 @@ def make_data(tmp: Path, n: int = 40) -> Path:
     write_conversations(tmp / "eval.jsonl", 8, seed=1)
     make_tokenizer(tmp / "tok", conversations)
     return tmp
+
+
+def crash_in_step(monkeypatch, step: int):
+    """Make the trainer's `step`-th optimizer step raise, as a crash in the middle of a run would."""
+    real_step, calls = sft.optimizer_step, []
+
+    def crashing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == step:
+            raise RuntimeError("simulated crash")
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(sft, "optimizer_step", crashing)

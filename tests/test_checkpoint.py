@@ -10,7 +10,7 @@ from litere.distributed import DistEnv
 from litere.tokenizer import Tokenizer
 from litere.weights import load_model
 from model_utils import hf_twin, random_model, small_config
-from sft_helpers import REPO, losses, make_data, tiny_overrides
+from sft_helpers import REPO, crash_in_step, losses, make_data, tiny_overrides
 
 STEPS = dict(max_steps=6, checkpoint_every=2, keep_checkpoints=2)
 
@@ -43,18 +43,10 @@ def test_keeps_the_last_complete_checkpoints(reference):
 
 def test_crash_then_resume_gives_the_same_losses(data_dir, reference, tmp_path, monkeypatch):
     run_dir = tmp_path / "crashed"
-    real_step, calls = sft.optimizer_step, []
-
-    def crash_in_step_5(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 5:
-            raise RuntimeError("simulated crash")
-        return real_step(*args, **kwargs)
-
-    monkeypatch.setattr(sft, "optimizer_step", crash_in_step_5)
+    crash_in_step(monkeypatch, 5)
     with pytest.raises(RuntimeError, match="simulated crash"):
         sft.train(config(data_dir, run_dir))
-    monkeypatch.setattr(sft, "optimizer_step", real_step)
+    monkeypatch.undo()
     assert list(losses(run_dir)) == [1, 2, 3, 4]
     (run_dir / "checkpoints" / ".tmp-step_00000006").mkdir()  # as if a save had been cut short
     sft.train(config(data_dir, run_dir))

@@ -8,7 +8,7 @@ from litere import run_config, sft
 from litere.data import BatchPlanner, DataPosition, load_sft_dataset
 from litere.tokenizer import Tokenizer
 from model_utils import random_model, small_config
-from sft_helpers import losses, make_data, tiny_overrides
+from sft_helpers import crash_in_step, losses, make_data, tiny_overrides
 
 
 @pytest.fixture(scope="module")
@@ -158,15 +158,7 @@ def test_a_time_budget_sets_the_schedule_and_stops_the_run(data_dir, tmp_path, m
 def test_a_resumed_time_budget_counts_the_time_already_spent(data_dir, tmp_path, monkeypatch):
     reference, _ = budget_run(data_dir, tmp_path / "reference", monkeypatch)
     run_dir = tmp_path / "crashed"
-    real_step, calls = sft.optimizer_step, []
-
-    def crash_in_step_5(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 5:
-            raise RuntimeError("simulated crash")
-        return real_step(*args, **kwargs)
-
-    monkeypatch.setattr(sft, "optimizer_step", crash_in_step_5)
+    crash_in_step(monkeypatch, 5)
     with pytest.raises(RuntimeError, match="simulated crash"):
         budget_run(data_dir, run_dir, monkeypatch, checkpoint_every=2)
     monkeypatch.undo()
