@@ -7,8 +7,8 @@
 2. data       the teacher trajectories with the demo's short system prompt (DEMO_SYSTEM_PROMPT)
 3. tokenizer  a byte-level BPE with the Qwen3 special tokens, trained on the training text (litere.bpe); numbers
               are spelt in two-digit tokens, which a small model copies far more reliably than single digits
-4. SFT        configs/demo_sft.toml through litere.sft, the trainer of `train.py --stage sft`; the run stops at
-              its wall-clock budget (budget_minutes) and exports DIR/sft/final (model and tokenizer)
+4. SFT        configs/demo_sft.toml through litere.sft, the trainer of `train.py --stage sft` (a fixed number of
+              steps, about 9 minutes on 2 cores); exports DIR/sft/final (model and tokenizer)
 5. eval       litere.agent.evaluate, the code of eval.py, on the held-out world and on a sample of training
               questions, greedy, one sample per question
 Each stage reuses what an earlier run left (a finished world, data, tokenizer, SFT run or evaluation with the
@@ -18,8 +18,10 @@ Why a short system prompt: the LiteResearcher prompt (litere/system_prompt.txt) 
 demo's 800-token vocabulary, more than a whole direct-question trajectory; it would take most of the training
 compute. The demo model trains and is evaluated with DEMO_SYSTEM_PROMPT instead (AgentConfig.system_prompt).
 
---quick is a smoke run (a small world, one minute of training, a small evaluation; accuracy stays partial);
---short trains for 5 minutes (into DIR/sft-short), leaving headroom for reinforcement learning.
+--quick is a smoke run (a small world, 200 steps of training, a small evaluation; accuracy stays near zero);
+--short trains half as long (into DIR/sft-short), leaving headroom for reinforcement learning.
+--budget-minutes M trains for M minutes of wall-clock time instead of a step count (the schedule then follows the
+clock, so runs are no longer reproducible).
 """
 from __future__ import annotations
 
@@ -66,9 +68,9 @@ class Profile:
 FULL_WORLD = BuildConfig(worlds=300, trajectories=40, eval_questions=300, mix=(0.6, 0.4, 0.0))
 PROFILES = {
     "full": Profile("runs/demo", FULL_WORLD, "configs/demo_sft.toml"),
-    "short": Profile("runs/demo", FULL_WORLD, "configs/demo_sft.toml", ("budget_minutes=5.0",), suffix="-short"),
+    "short": Profile("runs/demo", FULL_WORLD, "configs/demo_sft.toml", ("max_steps=950",), suffix="-short"),
     "quick": Profile("runs/demo-quick", BuildConfig(worlds=40, trajectories=20, eval_questions=40, mix=(0.6, 0.4, 0.0)),
-                     "configs/demo_sft.toml", ("budget_minutes=1.0", "eval_files=[]"),
+                     "configs/demo_sft.toml", ("max_steps=200", "eval_files=[]"),
                      held_out_questions=40, training_questions=20),
 }
 # the agent's limits in the evaluation (a teacher trajectory has 2 tool calls per hop and under 1,000 tokens)
@@ -175,7 +177,8 @@ def run_sft(cfg: sft.SFTConfig, data: Path, tokenizer: Path) -> Path:
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     _mark_done(run_dir, {**settings, "state": "started"})
-    length = f"{cfg.budget_minutes:g} minutes" if cfg.budget_minutes > 0 else f"{cfg.epochs:g} epoch(s)"
+    length = (f"{cfg.budget_minutes:g} minutes" if cfg.budget_minutes > 0 else f"{cfg.max_steps} steps"
+              if cfg.max_steps > 0 else f"{cfg.epochs:g} epoch(s)")
     log(f"SFT: {cfg.model_preset} model, {length}, lr {cfg.lr:g}, batches of {cfg.global_batch} {cfg.batch_unit}, "
         f"{cfg.threads or torch.get_num_threads()} thread(s) -> {run_dir}")
     sft.train(cfg)
@@ -302,12 +305,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m litere.demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     which = parser.add_mutually_exclusive_group()
-    which.add_argument("--quick", action="store_true", help="smoke run: small world, 1 minute of SFT, small eval")
-    which.add_argument("--short", action="store_true", help="5 minutes of SFT: a partial model, headroom for RL")
+    which.add_argument("--quick", action="store_true", help="smoke run: small world, 200 SFT steps, small eval")
+    which.add_argument("--short", action="store_true", help="half the SFT steps: a partial model, headroom for RL")
     parser.add_argument("--out", help="output directory (default runs/demo, or runs/demo-quick with --quick)")
     parser.add_argument("--fresh", action="store_true", help="delete the output directory first")
     parser.add_argument("--threads", type=int, help="CPU threads for training and evaluation (default: config's)")
-    parser.add_argument("--budget-minutes", type=float, help="SFT wall-clock budget (default: the config's)")
+    parser.add_argument("--budget-minutes", type=float, help="train for this many minutes instead of a step count")
     parser.add_argument("--sampling", action="store_true", help="evaluate with PROTOCOL.md sampling, not greedy")
     parser.add_argument("--held-out-questions", type=int, help="held-out questions to evaluate")
     parser.add_argument("--training-questions", type=int, help="training questions to evaluate")
@@ -320,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         extra.append(f"threads={args.threads}")
     if args.budget_minutes is not None:
-        extra.append(f"budget_minutes={args.budget_minutes}")
+        extra += [f"budget_minutes={args.budget_minutes}", "max_steps=0"]
 
     started = time.perf_counter()
     try:
