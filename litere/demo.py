@@ -19,7 +19,7 @@ demo's 800-token vocabulary, more than a whole direct-question trajectory; it wo
 compute. The demo model trains and is evaluated with DEMO_SYSTEM_PROMPT instead (AgentConfig.system_prompt).
 
 --quick is a smoke run (a small world, 200 steps of training, a small evaluation; accuracy stays near zero);
---short trains half as long (into DIR/sft-short), leaving headroom for reinforcement learning.
+--short trains half as long (into DIR/sft-short): a partial model, meant as a starting point for reinforcement learning.
 --budget-minutes M trains for M minutes of wall-clock time instead of a step count (the schedule then follows the
 clock, so runs are no longer reproducible).
 """
