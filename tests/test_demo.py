@@ -8,7 +8,7 @@ from litere import demo
 from litere.agent import read_trajectories
 from litere.tokenizer import Tokenizer
 
-FAST = ["budget_minutes=0", "max_steps=3", "global_batch=2048", "pack_tokens=2048", "arch.num_hidden_layers=1",
+FAST = ["max_steps=3", "global_batch=2048", "pack_tokens=2048", "arch.num_hidden_layers=1",
         "arch.hidden_size=64", "arch.intermediate_size=128", "arch.head_dim=16", "threads=1"]
 
 
