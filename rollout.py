@@ -38,6 +38,9 @@ def add_model_arguments(parser):
     group.add_argument("--cache-tokens", type=int, help="KV cache size in tokens (default: the sampler's)")
     group.add_argument("--max-batch-tokens", type=int, default=2048, help="tokens per sampler forward pass")
     group.add_argument("--max-num-seqs", type=int, default=256, help="sequences decoding at once in the sampler")
+    group.add_argument("--compile", choices=("default", "reduce-overhead"),
+                       help="compile the sampler's decode step (reduce-overhead: CUDA graphs); the first steps wait "
+                            "for the compiler")
 
 
 def add_agent_arguments(parser, *, mode: str, temperature: float, top_p: float, top_k: int, presence_penalty: float,
@@ -93,7 +96,8 @@ def load_policy(args):
         raise SystemExit(f"{args.model}: tokenizer has {tokenizer.vocab_size} tokens, the model only "
                          f"{model.config.vocab_size}")
     sampler = Sampler(model, max_cache_tokens=args.cache_tokens, max_batch_tokens=args.max_batch_tokens,
-                      max_num_seqs=args.max_num_seqs, stop_token_ids=(tokenizer.im_end_id,), seed=args.seed)
+                      max_num_seqs=args.max_num_seqs, stop_token_ids=(tokenizer.im_end_id,), seed=args.seed,
+                      compile=args.compile)
     return model, tokenizer, sampler
 
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Every GPU-marked test, then the kernel benchmarks, in one call on one CUDA machine (at most 8 minutes: each phase
-# has its own time limit). Uses $PYTHON, else python3, as it is: it must already hold torch and triton (and pytest);
+# Every GPU-marked test, then the kernel and sampler benchmarks, in one call on one CUDA machine (at most 11 minutes:
+# each phase has its own time limit). Uses $PYTHON, else python3, as it is: it must already hold torch and triton (and pytest);
 # the project is put on PYTHONPATH, nothing is installed. Logs and results go to $OUT when set, else runs/gpu_check.
 #   bash benchmarks/gpu_check.sh
 set -uo pipefail
@@ -23,14 +23,20 @@ print("python", platform.python_version(), "| torch", torch.__version__, "| trit
     exit 1
 fi
 
-echo "== GPU-marked tests (limit 240 s)"
-timeout 240 "$py" -m pytest tests -m gpu -q -rs -p no:cacheprovider --continue-on-collection-errors 2>&1 \
+echo "== GPU-marked tests (limit 200 s)"
+timeout 200 "$py" -m pytest tests -m gpu -q -rs -p no:cacheprovider --continue-on-collection-errors 2>&1 \
     | tee "$out/gpu_tests.log"
 tests_rc=${PIPESTATUS[0]}
 
-echo "== kernel benchmarks (limit 240 s)"
-timeout 240 "$py" benchmarks/bench_kernels.py --json "$out/bench_kernels.json" 2>&1 | tee "$out/bench_kernels.log"
+echo "== kernel benchmarks (limit 200 s)"
+timeout 200 "$py" benchmarks/bench_kernels.py --json "$out/bench_kernels.json" 2>&1 | tee "$out/bench_kernels.log"
 bench_rc=${PIPESTATUS[0]}
 
-echo "gpu_check: tests exit $tests_rc, benchmarks exit $bench_rc (124 = hit its time limit); logs in $out"
-[ "$tests_rc" -eq 0 ] && [ "$bench_rc" -eq 0 ]
+echo "== sampler on the GPU: eager, compiled, transformers, 0.6B shape in bf16 (limit 150 s)"
+timeout 150 "$py" benchmarks/bench_sampler.py --presets qwen3-0.6b --dtypes bf16 --batches 1,16 --no-floors \
+    --no-multiturn --repeats 2 --device cuda --json "$out/bench_sampler.json" 2>&1 | tee "$out/bench_sampler.log"
+sampler_rc=${PIPESTATUS[0]}
+
+echo "gpu_check: tests exit $tests_rc, kernel benchmarks exit $bench_rc, sampler benchmark exit $sampler_rc" \
+     "(124 = hit its time limit); logs in $out"
+[ "$tests_rc" -eq 0 ] && [ "$bench_rc" -eq 0 ] && [ "$sampler_rc" -eq 0 ]

@@ -1,7 +1,8 @@
 """The one place where attention and normalisation implementations are chosen.
 
 Triton kernels run on CUDA, the PyTorch reference everywhere else; `LITERE_KERNELS=triton|torch` forces one
-(Triton on CPU needs `TRITON_INTERPRET=1`). Model code calls these functions, never a kernel directly.
+(Triton on CPU needs `TRITON_INTERPRET=1`). Code traced by torch.compile always takes the reference, which the
+compiler fuses into kernels of its own. Model code calls these functions, never a kernel directly.
 Kernel modules are named apart from these functions (flash_attention, decode_attention): importing a submodule sets
 an attribute of the package, and `kernels.attention` must stay this function.
 """
@@ -15,6 +16,8 @@ _CHOICES = ("triton", "torch")
 
 
 def backend(device: torch.device) -> str:
+    if torch.compiler.is_compiling():  # torch.compile generates its own fused kernels from the reference code
+        return "torch"
     forced = os.environ.get("LITERE_KERNELS", "").strip().lower()
     if forced:
         if forced not in _CHOICES:

@@ -109,6 +109,11 @@ class PagedKVCache:
         """Copy whole blocks (all layers, k and v) from src ids to dst ids (copy-on-write of shared blocks)."""
         self.data[:, :, dst] = self.data[:, :, src]
 
+    def write_all_layers(self, slots: torch.Tensor, kv: torch.Tensor):
+        """Store the k/v of new tokens, kv (layers, 2, tokens, kv_heads, head_dim), at their slots in every layer."""
+        layers, _, blocks, block_size = self.data.shape[:4]
+        self.data.view(layers, 2, blocks * block_size, *self.data.shape[4:]).index_copy_(2, slots, kv)
+
 
 class CacheStep:
     """The cache layout of one forward pass: where each new token's k/v go and which blocks each sequence reads.

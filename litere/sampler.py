@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .decode_graph import CompiledDecode
 from .kv_cache import BlockManager, CacheStep, PagedKVCache
 from .sampling import Rows, SamplingParams, sample
 
@@ -92,13 +93,16 @@ class Sampler:
     tokens of one sequence. `max_batch_tokens` bounds the tokens of one forward pass; `max_num_seqs` the running
     sequences. `stop_token_ids` is the default for requests whose params leave it None (default: the model
     config's eos_token_id, which is <|im_end|> in Qwen3 checkpoints); `decode` (ids -> str) enables stop strings.
-    `seed` seeds the seeds of unseeded requests. On CPU the constructor tunes glibc malloc process-wide (see
-    `retain_freed_cpu_memory`).
+    `seed` seeds the seeds of unseeded requests. `compile` ("default", or "reduce-overhead" for CUDA graphs) runs
+    steps in which every sequence decodes one token through a torch.compile graph (litere.decode_graph); the first
+    such step of each shape class compiles it (tens of seconds on CPU), other steps run eagerly. On CPU the
+    constructor tunes glibc malloc process-wide (see `retain_freed_cpu_memory`).
     """
 
     def __init__(self, model, *, max_cache_tokens: int | None = None, cache_bytes: int | None = None,
                  block_size: int = 16, max_batch_tokens: int = 2048, max_num_seqs: int = 256,
-                 max_seq_len: int | None = None, stop_token_ids=None, decode=None, seed: int | None = None):
+                 max_seq_len: int | None = None, stop_token_ids=None, decode=None, seed: int | None = None,
+                 compile: str | None = None):
         config = model.config
         weight = model.model.embed_tokens.weight
         self.model, self.device, self.vocab_size = model, weight.device, config.vocab_size
@@ -138,6 +142,7 @@ class Sampler:
             max_blocks = math.ceil(self.max_seq_len / block_size)
             self.block_table = torch.zeros(max_num_seqs, max_blocks, dtype=torch.int32, device=self.device)
         self.blocks = BlockManager(num_blocks)
+        self._compiled = None if compile is None else CompiledDecode(model, self.cache, compile)
         self._seen: torch.Tensor | None = None  # (max_num_seqs, 2, vocab) prompt/output token masks for penalties
 
         self._requests: dict[int, _Sequence] = {}
@@ -475,10 +480,12 @@ class Sampler:
         ints = torch.tensor(cu_seqlens + seqlens_k, dtype=torch.int32).to(device, non_blocking=True)
         rows = longs[3 * total:]
         table = self.block_table[rows, :math.ceil(max(seqlens_k) / bs)]
-        step = CacheStep(self.cache, longs[2 * total:3 * total], table, ints[:len(batch) + 1], ints[len(batch) + 1:],
-                         max(n for _, n in batch))
-        hidden = self.model(longs[:total], longs[total:2 * total], cache=step)
-        return hidden, sample_at
+        ids_t, positions_t, slots_t, seqlens_t = longs[:total], longs[total:2 * total], longs[2 * total:3 * total], \
+            ints[len(batch) + 1:]
+        if self._compiled is not None and total == len(batch):
+            return self._compiled(ids_t, positions_t, slots_t, table, seqlens_t), sample_at
+        step = CacheStep(self.cache, slots_t, table, ints[:len(batch) + 1], seqlens_t, max(n for _, n in batch))
+        return self.model(ids_t, positions_t, cache=step), sample_at
 
     def _sample(self, hidden: torch.Tensor, samplers: list[tuple[int, _Sequence]]):
         index = [i for i, _ in samplers]

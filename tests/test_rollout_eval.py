@@ -166,6 +166,32 @@ def test_rollout_cli_writes_records_and_eval_rescores_them(world, tokenizer, mod
     assert len(read_trajectories(run_dir / "trajectories.jsonl")) == 6
 
 
+def test_rollout_cli_with_the_compiled_decode_step_writes_the_same_trajectories(world, model_dir, tmp_path,
+                                                                                monkeypatch):
+    import rollout
+    from litere.decode_graph import CompiledDecode
+
+    compiled_steps = []
+    original = CompiledDecode.__call__
+    monkeypatch.setattr(CompiledDecode, "__call__", lambda self, *a: compiled_steps.append(1) or original(self, *a))
+
+    def run(*extra):
+        out = tmp_path / f"roll{len(extra)}.jsonl"
+        rollout.main(["--model", str(model_dir), "--questions", str(world / "eval_questions.jsonl"), "--limit", "2",
+                      "--n", "2", "--out", str(out), "--max-response-tokens", "40", "--seed", "3", "--device", "cpu",
+                      "--cache-tokens", "8192", "--temperature", "1.0", *extra])
+        return {(t.question_id, t.sample_index): (t.response_ids, t.rollout_logprobs) for t in read_trajectories(out)}
+
+    eager = run()
+    assert not compiled_steps
+    compiled = run("--compile", "default")
+    assert len(compiled_steps) > 20
+    assert eager.keys() == compiled.keys() and len(eager) == 4
+    for key, (ids, logprobs) in eager.items():
+        assert compiled[key][0] == ids
+        assert max(abs(a - b) for a, b in zip(compiled[key][1], logprobs)) < 1e-4
+
+
 def test_eval_cli_reaches_the_context_limit_with_the_real_sampler(world, tokenizer, model_dir, tmp_path):
     import eval as eval_script
 

@@ -1,0 +1,153 @@
+"""The compiled decode step (Sampler(compile=...)) against the eager sampler and the reference paged attention."""
+import pytest
+import torch
+from torch._dynamo.utils import counters
+
+import kernels.reference
+from litere.decode_graph import CompiledDecode, DecodeAttention
+from litere.sampler import Sampler, SamplingParams
+
+from model_utils import random_model, small_config
+
+VOCAB = 256
+GREEDY = SamplingParams(temperature=0, max_new_tokens=14, stop_token_ids=())
+SAMPLED = SamplingParams(temperature=0.8, top_p=0.9, max_new_tokens=18, seed=5, stop_token_ids=())
+
+
+@pytest.fixture(scope="module")
+def model():
+    return random_model(small_config(vocab_size=VOCAB), seed=21)
+
+
+def prompts(*lengths, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, VOCAB, (n,), generator=gen).tolist() for n in lengths]
+
+
+def drain(sampler):
+    outputs = {}
+    while sampler.has_work():
+        for out in sampler.step():
+            outputs[out.request_id] = out
+    return outputs
+
+
+def agent_like_workload(sampler):
+    """A one-token prompt, three samples sharing a prompt (copy-on-write blocks), a paused request extended with
+    forced tokens, and requests joining while others decode; returns (tokens, logprobs) per request."""
+    one, shared, held, late = prompts(1, 37, 20, 9, seed=3)
+    sampler.add(one, GREEDY)
+    sampler.add(shared, SAMPLED, n=3)
+    held_id = sampler.add(held, GREEDY, hold=True)[0]
+    for _ in range(5):
+        sampler.step()
+    sampler.add(late, SAMPLED)
+    results = {i: (o.token_ids, o.logprobs) for i, o in drain(sampler).items()}
+    sampler.extend(held_id, prompts(7, seed=4)[0])
+    results.update({("extended", i): (o.token_ids, o.logprobs) for i, o in drain(sampler).items()})
+    sampler.release(held_id)
+    return results
+
+
+def assert_same_results(eager, compiled):
+    assert eager.keys() == compiled.keys()
+    for key, (tokens, logprobs) in eager.items():
+        assert compiled[key][0] == tokens
+        torch.testing.assert_close(torch.tensor(compiled[key][1]), torch.tensor(logprobs), atol=1e-5, rtol=0)
+
+
+def count_compiled_steps(monkeypatch):
+    calls = []
+    original = CompiledDecode.__call__
+
+    def counting(self, *args):
+        calls.append(args[0].shape[0])
+        return original(self, *args)
+
+    monkeypatch.setattr(CompiledDecode, "__call__", counting)
+    return calls
+
+
+@pytest.mark.parametrize("cache_tokens", [4096, 160])  # 160: preemption and recomputation
+def test_compiled_decode_gives_the_eager_tokens_and_logprobs(model, monkeypatch, cache_tokens):
+    eager = agent_like_workload(Sampler(model, max_cache_tokens=cache_tokens, block_size=8))
+    calls = count_compiled_steps(monkeypatch)
+    compiled = agent_like_workload(Sampler(model, max_cache_tokens=cache_tokens, block_size=8, compile="default"))
+    assert_same_results(eager, compiled)
+    assert len(calls) > 20 and 1 in calls and max(calls) >= 4  # decode steps ran compiled, alone and batched
+
+
+def test_padded_shapes_give_the_same_results(model, monkeypatch):
+    """The padding used with CUDA graphs (batch and block-table width up to powers of two), checked on CPU."""
+    eager = agent_like_workload(Sampler(model, max_cache_tokens=4096, block_size=8))
+    sampler = Sampler(model, max_cache_tokens=4096, block_size=8, compile="default")
+    sampler._compiled.pad_shapes = True
+    calls = count_compiled_steps(monkeypatch)
+    assert_same_results(eager, agent_like_workload(sampler))
+    assert any(n & (n - 1) for n in calls)  # batches that are not powers of two ran padded
+
+
+def test_one_graph_serves_batch_sizes_lengths_and_cache_sizes(model):
+    """Continuous batching must not recompile: after the graphs for batch 1 and batch >= 2 exist, new batch sizes,
+    longer contexts and other cache sizes reuse them."""
+    for cache_tokens in (512, 2048):
+        Sampler(model, max_cache_tokens=cache_tokens, compile="default").generate(prompts(3, 50), GREEDY)
+        Sampler(model, max_cache_tokens=cache_tokens, compile="default").generate(prompts(5), GREEDY)
+    before = counters["stats"]["unique_graphs"]
+    for cache_tokens, lengths in ((1024, (2, 70, 33, 5, 18)), (4096, (130, 7, 9)), (256, (3, 4))):
+        Sampler(model, max_cache_tokens=cache_tokens, block_size=16, compile="default").generate(
+            prompts(*lengths, seed=cache_tokens), SamplingParams(temperature=0, max_new_tokens=40, stop_token_ids=()))
+    assert counters["stats"]["unique_graphs"] == before
+
+
+def test_decode_attention_equals_the_reference_paged_attention():
+    """The compiled step's attention formula, run eagerly: GQA, scattered blocks, a one-token sequence, padding."""
+    gen = torch.Generator().manual_seed(0)
+    layers, blocks, block_size, n_kv, group, dim = 2, 12, 4, 2, 3, 16
+    data = torch.randn(layers, 2, blocks, block_size, n_kv, dim, generator=gen)
+    table = torch.tensor([[7, 2, 9, 0], [4, 0, 0, 0], [11, 1, 5, 3]], dtype=torch.int32)
+    lengths = torch.tensor([10, 1, 16], dtype=torch.int32)
+    q = torch.randn(3, n_kv * group, dim, generator=gen)
+    k, v = torch.randn(3, n_kv, dim, generator=gen), torch.randn(3, n_kv, dim, generator=gen)
+    attention = DecodeAttention(data, table, lengths)
+    got = attention.attend(1, q, k, v)
+    written = data.clone()
+    slots = (table[torch.arange(3), (lengths - 1) // block_size] * block_size + (lengths - 1) % block_size).long()
+    written[1, 0].view(-1, n_kv, dim)[slots] = k
+    written[1, 1].view(-1, n_kv, dim)[slots] = v
+    expected = kernels.reference.paged_attention(q, written[1, 0], written[1, 1], table,
+                                                 torch.tensor([0, 1, 2, 3], dtype=torch.int32), lengths, 1)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(attention.new_kv[0], torch.stack((k, v)))
+
+
+def test_bad_compile_mode_is_refused(model):
+    with pytest.raises(ValueError, match="compile='fast'"):
+        Sampler(model, max_cache_tokens=256, compile="fast")
+    with pytest.raises(ValueError, match="CUDA graphs; on cpu use 'default'"):
+        Sampler(model, max_cache_tokens=256, compile="reduce-overhead")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
+def test_cuda_compiled_decode_gives_the_eager_tokens_and_logprobs(mode):
+    """On CUDA: the compiled step (Triton kernels from the compiler; with reduce-overhead, CUDA graphs replayed
+    over padded shapes) against the eager CUDA sampler (the project's Triton paged attention)."""
+    gpu_model = random_model(small_config(vocab_size=VOCAB), seed=21).cuda()
+    eager = agent_like_workload(Sampler(gpu_model, max_cache_tokens=4096, block_size=8))
+    compiled = agent_like_workload(Sampler(gpu_model, max_cache_tokens=4096, block_size=8, compile=mode))
+    assert eager.keys() == compiled.keys()
+    for key, (tokens, logprobs) in eager.items():
+        assert compiled[key][0] == tokens
+        torch.testing.assert_close(torch.tensor(compiled[key][1]), torch.tensor(logprobs), atol=1e-4, rtol=0)
+
+
+def test_model_shapes_do_not_share_one_recompile_budget(monkeypatch):
+    """Each model configuration compiles into a cache of its own: with dynamo's per-function graph limit lowered to
+    2 (8 by default; under fullgraph, exceeding it is an error), three shapes still compile and agree with eager."""
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 2)
+    for i in range(3):
+        shape_model = random_model(small_config(vocab_size=VOCAB, head_dim=8 * (i + 3), num_hidden_layers=1), seed=i)
+        eager = Sampler(shape_model, max_cache_tokens=256).generate(prompts(4, 6), GREEDY)
+        compiled = Sampler(shape_model, max_cache_tokens=256, compile="default").generate(prompts(4, 6), GREEDY)
+        assert [o.token_ids for o in compiled] == [o.token_ids for o in eager]
