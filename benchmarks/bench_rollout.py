@@ -16,7 +16,7 @@ the low end of its online ones):
 `alone` runs on the first `--alone` trajectories only (it is slow) and rates are compared per trajectory.
 
     python benchmarks/bench_rollout.py [--quick] [--questions 4] [--n 8] [--alone 4] [--latencies 0,0.15,1.5]
-                                        [--repeats 3] [--threads 1] [--system-prompt FILE]
+                                        [--repeats 3] [--threads 1] [--system-prompt FILE] [--compile default]
 Prints a table, then one JSON line.
 """
 import argparse
@@ -130,8 +130,8 @@ def prepare(work: Path, n_questions: int, system: str):
     return tokenizer, questions, scripts, model, open_env(work / "eval.db")
 
 
-def run_mode(mode, model, tokenizer, scripts, env, questions, n, cache_tokens, system):
-    sampler = ReplaySampler(Sampler(model, max_cache_tokens=cache_tokens, seed=0), scripts)
+def run_mode(mode, model, tokenizer, scripts, env, questions, n, cache_tokens, system, compile=None):
+    sampler = ReplaySampler(Sampler(model, max_cache_tokens=cache_tokens, seed=0, compile=compile), scripts)
     config = AgentConfig(max_turns=40, max_response_tokens=8192, max_concurrent=1 if mode == "alone" else None,
                          system_prompt=system)
     cls = BlockingAgent if mode == "batched" else Agent
@@ -165,6 +165,8 @@ def main(argv=None):
     parser.add_argument("--system-prompt", metavar="FILE", help="system prompt text (default: the training one)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads (a tiny model gains nothing from more; 0: torch's default)")
+    parser.add_argument("--compile", choices=("default",), help="the sampler's compiled decode step (compiled once, "
+                        "before the timed runs)")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args(argv)
     if args.quick:
@@ -178,13 +180,17 @@ def main(argv=None):
         tokenizer, questions, scripts, model, env = prepare(Path(tmp), args.questions, system)
         prompt_tokens = statistics.mean(len(k) for k in scripts)
         sampled = statistics.mean(sum(len(t) for t in s) for s in scripts.values())
+        if args.compile:  # compile outside the timed runs
+            run_mode("overlapped", model, tokenizer, scripts, env, questions[:2], 2, args.cache_tokens, system,
+                     args.compile)
         load_before = os.getloadavg()[0]
         runs: dict[tuple, list[dict]] = {(delay, mode): [] for delay in latencies for mode in MODES}
         for repeat in range(args.repeats):  # interleaved, so that drifting contention hits every mode alike
             for delay, mode in runs:
                 tool_env = SlowEnv(env, delay) if delay else env
                 qs, n = (questions[:args.alone], 1) if mode == "alone" else (questions, args.n)
-                run = run_mode(mode, model, tokenizer, scripts, tool_env, qs, n, args.cache_tokens, system)
+                run = run_mode(mode, model, tokenizer, scripts, tool_env, qs, n, args.cache_tokens, system,
+                               args.compile)
                 runs[(delay, mode)].append(run)
                 print(f"  [{repeat + 1}/{args.repeats}] {mode:10s} delay {delay:.2f}s: {run['traj_per_min']:.1f} "
                       f"traj/min ({run['wall_s']:.1f}s)", file=sys.stderr, flush=True)
@@ -195,7 +201,8 @@ def main(argv=None):
     for row in rows:
         alone = next(r for r in rows if r["tool_delay_s"] == row["tool_delay_s"] and r["mode"] == "alone")
         row["speedup_vs_alone"] = row["traj_per_min"] / alone["traj_per_min"]
-    cpu = f"{os.cpu_count()} CPU cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    cpu = (f"{os.cpu_count()} CPU cores, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+           f"{'compiled' if args.compile else 'eager'} decode step")
     print(f"\nRollout throughput, tiny preset (fp32, random weights, vocab {tokenizer.vocab_size}), mini world, "
           f"{args.questions} questions x {args.n} samples in flight; prompt {prompt_tokens:.0f} tokens, "
           f"{sampled:.0f} sampled tokens per trajectory; {cpu}; load average {load_before:.1f} -> {load_after:.1f}")

@@ -1,4 +1,4 @@
-"""Shared test helpers: small random configs and their transformers twins."""
+"""Shared test helpers: small random configs, their transformers twins, driving a sampler."""
 import torch
 
 from litere.config import ModelConfig
@@ -34,3 +34,12 @@ def hf_twin(model: Qwen3):
 
 def positions_for(ids: torch.Tensor) -> torch.Tensor:
     return torch.arange(ids.shape[-1]).expand(ids.shape)
+
+
+def drain(sampler) -> dict:
+    """Step a sampler until it has no work; its outputs by request id."""
+    outputs = {}
+    while sampler.has_work():
+        for out in sampler.step():
+            outputs[out.request_id] = out
+    return outputs

@@ -5,7 +5,7 @@ import torch
 from litere.kv_cache import CacheStep, PagedKVCache
 from litere.sampler import Sampler, SamplingParams
 
-from model_utils import hf_twin, random_model, small_config
+from model_utils import drain, hf_twin, random_model, small_config
 
 VOCAB = 256
 GREEDY = SamplingParams(temperature=0, max_new_tokens=12, stop_token_ids=())
@@ -46,14 +46,6 @@ def trainer_logprobs(model, prompt, output, temperature):
     ids = torch.tensor(prompt + output)
     hidden = model(ids, torch.arange(len(ids)))
     return model.token_logprobs(hidden[len(prompt) - 1:-1], ids[len(prompt):], temperature).tolist()
-
-
-def run(sampler):
-    outputs = {}
-    while sampler.has_work():
-        for out in sampler.step():
-            outputs[out.request_id] = out
-    return outputs
 
 
 def test_cached_logits_match_uncached_across_chunks_and_scattered_blocks(model):
@@ -123,7 +115,7 @@ def test_batch_invariance(model):
         ids = [sampler.add(target, greedy)[0], sampler.add(target, seeded)[0]]
         for p in batch:
             sampler.add(p, SamplingParams(temperature=1.0, max_new_tokens=20, stop_token_ids=()))
-        outs = run(sampler)
+        outs = drain(sampler)
         results.append([outs[i].token_ids for i in ids])
     assert results[0] == results[1] == results[2]
     assert results[0][0] != results[0][1]
@@ -153,11 +145,11 @@ def test_extend_then_resume_equals_generating_from_the_concatenation(model, para
     prompt, tool = prompts(13, 9, seed=8)
     sampler = Sampler(model, max_cache_tokens=512, block_size=4)
     [rid] = sampler.add(prompt, params, hold=True)
-    first = run(sampler)[rid]
+    first = drain(sampler)[rid]
     assert first.finish_reason == "length" and len(first.token_ids) == 6
     counts, handle = count_forward_tokens(model)
     sampler.extend(rid, tool)
-    second = run(sampler)[rid]
+    second = drain(sampler)[rid]
     handle.remove()
     assert counts[0] == 1 + len(tool)  # the last sampled token (not yet cached) and the forced ones only
     history = prompt + first.token_ids + tool
@@ -174,7 +166,7 @@ def test_prompt_sharing_equals_separate_requests(model):
     sampler = Sampler(model, max_cache_tokens=512, block_size=4)
     counts, handle = count_forward_tokens(model)
     ids = sampler.add(prompt, params, n=4)
-    shared = run(sampler)
+    shared = drain(sampler)
     handle.remove()
     assert counts[0] == len(prompt) and counts[1:] == [4] * 7  # one prefill, then 4 decodes per step
     separate = Sampler(model, max_cache_tokens=512, block_size=4)
@@ -276,11 +268,11 @@ def test_bad_input_is_rejected_with_clear_errors(model):
 def test_extend_over_budget_is_refused(model):
     sampler = Sampler(model, max_cache_tokens=64, block_size=4)
     [rid] = sampler.add([1, 2, 3], SamplingParams(temperature=0, max_new_tokens=4, stop_token_ids=()), hold=True)
-    run(sampler)
+    drain(sampler)
     with pytest.raises(ValueError, match="no room"):
         sampler.extend(rid, list(range(57)))
     sampler.extend(rid, list(range(56)))  # 3 + 4 + 56 = 63 leaves one token
-    out = run(sampler)[rid]
+    out = drain(sampler)[rid]
     assert out.finish_reason == "budget" and len(out.token_ids) == 1
 
 
@@ -291,7 +283,7 @@ def test_full_cache_makes_requests_wait_and_all_complete(model):
     sampler = Sampler(model, max_cache_tokens=96, block_size=4, max_num_seqs=8, max_batch_tokens=16)
     ids = [sampler.add(p, params)[0] for p in ps]
     shared = sampler.add(ps[0], SamplingParams(temperature=1.0, max_new_tokens=12, seed=7, stop_token_ids=()), n=3)
-    outs = run(sampler)
+    outs = drain(sampler)
     for p, rid in zip(ps, ids):
         assert outs[rid].token_ids == reference_greedy(model, p, 12), rid
     alone = Sampler(model, max_cache_tokens=512, block_size=4)
@@ -307,12 +299,12 @@ def test_paused_caches_give_way_and_are_recomputed_on_extend(model):
     params = SamplingParams(temperature=0, max_new_tokens=6, stop_token_ids=())
     sampler = Sampler(model, max_cache_tokens=64, block_size=4)
     held = [sampler.add(p, params, hold=True)[0] for p in ps[:2]]
-    first = run(sampler)
+    first = drain(sampler)
     [late] = sampler.add(ps[2], params)  # the held caches fill 14 of 16 blocks: they must be dropped
-    assert run(sampler)[late].token_ids == reference_greedy(model, ps[2], 6)
+    assert drain(sampler)[late].token_ids == reference_greedy(model, ps[2], 6)
     tool = prompts(5, seed=15)[0]
     sampler.extend(held[0], tool)
-    resumed = run(sampler)[held[0]]
+    resumed = drain(sampler)[held[0]]
     history = ps[0] + first[held[0]].token_ids + tool
     assert resumed.token_ids == reference_greedy(model, history, 6)
 
@@ -322,7 +314,7 @@ def test_release_cancels_running_and_shared_requests(model):
     ids = sampler.add(prompts(9)[0], SamplingParams(temperature=1.0, max_new_tokens=5, seed=1, stop_token_ids=()),
                       n=3)
     sampler.release(ids[0])  # before its prefill: the second sample takes it over
-    outs = run(sampler)
+    outs = drain(sampler)
     assert sorted(outs) == ids[1:]
     [rid] = sampler.add(prompts(9)[0], GREEDY)
     sampler.step()

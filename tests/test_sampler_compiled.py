@@ -7,7 +7,7 @@ import kernels.reference
 from litere.decode_graph import CompiledDecode, DecodeAttention
 from litere.sampler import Sampler, SamplingParams
 
-from model_utils import random_model, small_config
+from model_utils import drain, random_model, small_config
 
 VOCAB = 256
 GREEDY = SamplingParams(temperature=0, max_new_tokens=14, stop_token_ids=())
@@ -22,14 +22,6 @@ def model():
 def prompts(*lengths, seed=0):
     gen = torch.Generator().manual_seed(seed)
     return [torch.randint(0, VOCAB, (n,), generator=gen).tolist() for n in lengths]
-
-
-def drain(sampler):
-    outputs = {}
-    while sampler.has_work():
-        for out in sampler.step():
-            outputs[out.request_id] = out
-    return outputs
 
 
 def agent_like_workload(sampler):
