@@ -3,16 +3,18 @@
 1. Decode: greedy generation of N tokens after 64-token random prompts, batch 1 and 16, fp32 and bf16, on the `tiny`
    preset and on a random model of `qwen3-0.6b` shape, by three sides: our sampler eager, our sampler with its
    compiled decode step (`Sampler(compile="default")`; its compile time, spent in a warm-up run, is printed apart),
-   and transformers. All get the same weights and prompts in the same run, alternating repeat by repeat. "decode tok/s" = batch / median time of one decode step (ours: per `step()`;
-   transformers: between calls of a logits processor), so prefill and contention spikes do not count; "end-to-end
-   tok/s" = batch * N / median wall time of the whole call (prefill included). Greedy token agreement is reported.
+   and transformers. All get the same weights and prompts in the same run, alternating repeat by repeat.
+   "decode tok/s" = batch / median time of one decode step (ours: per `step()`; transformers: between calls of a
+   logits processor), so prefill and contention spikes do not count; "end-to-end tok/s" = batch * N / median wall
+   time of the whole call (prefill included). Greedy token agreement is reported.
 2. Floors for the 0.6B shape at batch 1: the matmul floor (median time of the model's linear layers, lm_head included,
    run alone on a 1-token input with F.linear) and the bandwidth roofline (bytes of those weights / large-copy
    bandwidth, counted as bytes copied per second).
    The matmul floor at batch 16 is printed too: at 16 rows the linears are no longer bandwidth-bound.
 3. Multi-turn on `tiny`: 64 sequences x 4 turns, each turn generates G tokens then takes a 200-token tool response;
    `extend` (hold + extend: only new tokens prefilled) vs re-prefilling the whole history as a fresh request, with
-   the eager and with the compiled decode step. The prompt is 512 tokens by default, the size of the agent's system prompt + question (~530 Qwen3 tokens).
+   the eager and with the compiled decode step. The prompt is 512 tokens by default, the size of the agent's system
+   prompt + question (~530 Qwen3 tokens).
 
 Constructing a Sampler on CPU tunes glibc malloc for the whole process (litere.sampler.retain_freed_cpu_memory); it
 happens before either side runs, so transformers runs with the same allocator settings.

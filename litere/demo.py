@@ -19,7 +19,9 @@ demo's 800-token vocabulary, more than a whole direct-question trajectory; it wo
 compute. The demo model trains and is evaluated with DEMO_SYSTEM_PROMPT instead (AgentConfig.system_prompt).
 
 --quick is a smoke run (a small world, 200 steps of training, a small evaluation; accuracy stays near zero);
---short trains half as long (into DIR/sft-short): a partial model, meant as a starting point for reinforcement learning.
+--short stops the same schedule after 1,300 of its 1,900 steps (into DIR/sft-short): a partial model, which has
+begun to copy from its context but answers only part of the questions, meant as a starting point for reinforcement
+learning.
 --budget-minutes M trains for M minutes of wall-clock time instead of a step count (the schedule then follows the
 clock, so runs are no longer reproducible).
 """
@@ -68,7 +70,7 @@ class Profile:
 FULL_WORLD = BuildConfig(worlds=300, trajectories=40, eval_questions=300, mix=(0.6, 0.4, 0.0))
 PROFILES = {
     "full": Profile("runs/demo", FULL_WORLD, "configs/demo_sft.toml"),
-    "short": Profile("runs/demo", FULL_WORLD, "configs/demo_sft.toml", ("max_steps=950",), suffix="-short"),
+    "short": Profile("runs/demo", FULL_WORLD, "configs/demo_sft.toml", ("stop_after_steps=1300",), suffix="-short"),
     "quick": Profile("runs/demo-quick", BuildConfig(worlds=40, trajectories=20, eval_questions=40, mix=(0.6, 0.4, 0.0)),
                      "configs/demo_sft.toml", ("max_steps=200", "eval_files=[]"),
                      held_out_questions=40, training_questions=20),
@@ -179,6 +181,8 @@ def run_sft(cfg: sft.SFTConfig, data: Path, tokenizer: Path) -> Path:
     _mark_done(run_dir, {**settings, "state": "started"})
     length = (f"{cfg.budget_minutes:g} minutes" if cfg.budget_minutes > 0 else f"{cfg.max_steps} steps"
               if cfg.max_steps > 0 else f"{cfg.epochs:g} epoch(s)")
+    if cfg.stop_after_steps > 0:
+        length += f", stopping after step {cfg.stop_after_steps}"
     log(f"SFT: {cfg.model_preset} model, {length}, lr {cfg.lr:g}, batches of {cfg.global_batch} {cfg.batch_unit}, "
         f"{cfg.threads or torch.get_num_threads()} thread(s) -> {run_dir}")
     sft.train(cfg)
@@ -306,7 +310,8 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--quick", action="store_true", help="smoke run: small world, 200 SFT steps, small eval")
-    which.add_argument("--short", action="store_true", help="half the SFT steps: a partial model, headroom for RL")
+    which.add_argument("--short", action="store_true",
+                       help="stop after 1,300 of the 1,900 SFT steps: a partial model, headroom for RL")
     parser.add_argument("--out", help="output directory (default runs/demo, or runs/demo-quick with --quick)")
     parser.add_argument("--fresh", action="store_true", help="delete the output directory first")
     parser.add_argument("--threads", type=int, help="CPU threads for training and evaluation (default: config's)")

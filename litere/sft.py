@@ -49,6 +49,9 @@ class SFTConfig:
     batch_unit: str = "sequences"  # sequences | tokens
     epochs: float = 1.0
     max_steps: int = 0  # > 0: the schedule has exactly this many steps (epochs repeat as needed)
+    # > 0: stop (checkpoint and export) after this many steps of the schedule, which keeps its full length: an early
+    # model of the same run; a later run with a larger value continues it from the checkpoint
+    stop_after_steps: int = 0
     # > 0: the loss also counts the tokens the policy does not generate (system prompt, question, tool responses),
     # each with this weight relative to a supervised token; the logged loss stays the supervised one
     context_loss_weight: float = 0.0
@@ -98,6 +101,9 @@ class SFTConfig:
             raise run_config.RunConfigError(f"context_loss_weight={self.context_loss_weight} must be >= 0")
         if self.budget_minutes < 0:
             raise run_config.RunConfigError(f"budget_minutes={self.budget_minutes} must be >= 0 (0: no time budget)")
+        if self.stop_after_steps < 0:
+            raise run_config.RunConfigError(f"stop_after_steps={self.stop_after_steps} must be >= 0 (0: run the "
+                                            "whole schedule)")
 
 
 # --- schedule -----------------------------------------------------------------------------------------------------
@@ -375,7 +381,10 @@ def _train(cfg: SFTConfig, env: DistEnv) -> Path:
     clock = scheduler.lr_lambdas[0] if cfg.budget_minutes > 0 else None
     if clock:  # a resumed schedule keeps its elapsed time but takes this config's budget
         clock.budget_s, clock.warmup_ratio, clock.min_ratio = cfg.budget_minutes * 60, cfg.warmup_ratio, cfg.min_lr_ratio
+    stop_step = min(total_steps, cfg.stop_after_steps) if cfg.stop_after_steps > 0 else total_steps
     length = (f"{cfg.budget_minutes:g} minutes (at most {total_steps} steps)" if clock else f"{total_steps} steps")
+    if stop_step < total_steps:
+        length += f", stopping after step {stop_step}"
     log.info(f"model: {mcfg.num_parameters() / 1e6:.1f}M parameters, {env.world_size} process(es) on "
              f"{env.device.type}, precision {precision}" + (f" ({bf16_mode})" if precision == "bf16" else "")
              + f", activation checkpointing {'on' if cfg.activation_checkpointing else 'off'}; {length} of "
@@ -383,7 +392,7 @@ def _train(cfg: SFTConfig, env: DistEnv) -> Path:
     started, start_step = time.perf_counter(), step
     budget_before = clock.elapsed_s if clock else 0.0  # time spent before a resume
     out_of_time = False
-    while step < total_steps and not out_of_time:
+    while step < stop_step and not out_of_time:
         t0 = time.perf_counter()
         batch = planner.batch(position, env.rank, env.world_size)
         scale = env.world_size / batch.supervised_tokens
@@ -407,7 +416,7 @@ def _train(cfg: SFTConfig, env: DistEnv) -> Path:
                   "step_s": round(seconds, 4), "tokens_per_s": batch.tokens / seconds}
         if peak:
             record["mfu"] = step_flops(mcfg, batch.doc_lengths) / seconds / (peak * env.world_size)
-        last = step == total_steps or out_of_time
+        last = step == stop_step or out_of_time
         if clock:
             record["train_s"] = round(clock.elapsed_s, 2)
         if eval_planner and (last or (cfg.eval_every > 0 and step % cfg.eval_every == 0)):
@@ -415,8 +424,9 @@ def _train(cfg: SFTConfig, env: DistEnv) -> Path:
             log.info(f"step {step}: held-out loss {record['eval_loss']:.4f}")
         log.metrics(record)
         if step % cfg.log_every == 0 or last:
-            _progress_line(log, record, total_steps, time.perf_counter() - started, step - start_step, clock)
-        if cfg.checkpoint_every > 0 and step % cfg.checkpoint_every == 0 and not last:
+            _progress_line(log, record, stop_step, time.perf_counter() - started, step - start_step, clock)
+        stopped_early = last and step < total_steps and not out_of_time  # continued by a later run
+        if cfg.checkpoint_every > 0 and (step % cfg.checkpoint_every == 0 and not last or stopped_early):
             path = checkpoint.save(run_dir, step, model, optimizer, scheduler,
                                    {"data_position": vars(position), "data_fingerprint": planner.dataset.fingerprint()},
                                    env, keep=cfg.keep_checkpoints)
@@ -443,15 +453,16 @@ def _load_data(cfg: SFTConfig, tokenizer: Tokenizer, log: RunLog) -> tuple[Batch
                                  seed=cfg.seed)
 
 
-def _progress_line(log: RunLog, record: dict, total_steps: int, elapsed: float, steps_done: int,
+def _progress_line(log: RunLog, record: dict, last_step: int, elapsed: float, steps_done: int,
                    clock: TimedWarmupCosine | None):
+    """One log line; the eta counts to `last_step` (the end of the schedule, or stop_after_steps)."""
     mfu = f" mfu {record['mfu']:.1%}" if "mfu" in record else ""
     if clock:
         where = f"step {record['step']}"
         timing = f"{_duration(clock.elapsed_s)} of {_duration(clock.budget_s)}"
     else:
-        where = f"step {record['step']}/{total_steps}"
-        eta = elapsed / steps_done * (total_steps - record["step"])
+        where = f"step {record['step']}/{last_step}"
+        eta = elapsed / steps_done * (last_step - record["step"])
         timing = f"{_duration(elapsed)} elapsed, eta {_duration(eta)}"
     log.info(f"{where} | loss {record['loss']:.4f} | lr {record['lr']:.2e} | grad norm {record['grad_norm']:.3f} | "
              f"{record['tokens_per_s']:,.0f} tok/s{mfu} | {timing}")

@@ -77,6 +77,21 @@ def test_a_run_trains_and_records_its_metrics(data_dir, tmp_path):
     assert saved == run_config.load(sft.SFTConfig, None, tiny_overrides(data_dir, run_dir=str(run_dir), **settings))
 
 
+def test_stopping_early_keeps_the_schedule_and_a_later_run_continues(data_dir, tmp_path):
+    whole = run(data_dir, tmp_path / "whole", max_steps=6, export=False)
+    run_dir = tmp_path / "staged"
+    first = run(data_dir, run_dir, max_steps=6, stop_after_steps=2, checkpoint_every=0)
+    assert list(first) == [1, 2] and (run_dir / "final" / "config.json").is_file()
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["lr"] > 3e-3 * 0.5  # still early in the 6-step schedule, not at its end
+    log = (run_dir / "train.log").read_text()
+    assert "stopping after step 2" in log and "step 2/2 | loss" in log
+    resumed = run(data_dir, run_dir, max_steps=6, stop_after_steps=0, checkpoint_every=0, export=False)
+    assert list(resumed) == list(whole)
+    for step in whole:
+        assert resumed[step] == pytest.approx(whole[step], abs=1e-6)
+
+
 def test_bf16_autocast_on_cpu_tracks_fp32(data_dir, tmp_path):
     fp32 = run(data_dir, tmp_path / "fp32", max_steps=2, export=False)
     bf16 = run(data_dir, tmp_path / "bf16", max_steps=2, export=False, precision="bf16")
