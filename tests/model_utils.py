@@ -36,6 +36,11 @@ def positions_for(ids: torch.Tensor) -> torch.Tensor:
     return torch.arange(ids.shape[-1]).expand(ids.shape)
 
 
+def random_prompts(vocab_size: int, *lengths: int, seed: int = 0) -> list[list[int]]:
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, vocab_size, (n,), generator=gen).tolist() for n in lengths]
+
+
 def drain(sampler) -> dict:
     """Step a sampler until it has no work; its outputs by request id."""
     outputs = {}

@@ -5,7 +5,7 @@ import torch
 from litere.kv_cache import CacheStep, PagedKVCache
 from litere.sampler import Sampler, SamplingParams
 
-from model_utils import drain, hf_twin, random_model, small_config
+from model_utils import drain, hf_twin, random_model, random_prompts, small_config
 
 VOCAB = 256
 GREEDY = SamplingParams(temperature=0, max_new_tokens=12, stop_token_ids=())
@@ -17,8 +17,7 @@ def model():
 
 
 def prompts(*lengths, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    return [torch.randint(0, VOCAB, (n,), generator=gen).tolist() for n in lengths]
+    return random_prompts(VOCAB, *lengths, seed=seed)
 
 
 @torch.no_grad()

@@ -7,7 +7,7 @@ import kernels.reference
 from litere.decode_graph import CompiledDecode, DecodeAttention
 from litere.sampler import Sampler, SamplingParams
 
-from model_utils import drain, random_model, small_config
+from model_utils import drain, random_model, random_prompts, small_config
 
 VOCAB = 256
 GREEDY = SamplingParams(temperature=0, max_new_tokens=14, stop_token_ids=())
@@ -20,8 +20,7 @@ def model():
 
 
 def prompts(*lengths, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    return [torch.randint(0, VOCAB, (n,), generator=gen).tolist() for n in lengths]
+    return random_prompts(VOCAB, *lengths, seed=seed)
 
 
 def agent_like_workload(sampler):
