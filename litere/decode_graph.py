@@ -75,14 +75,14 @@ class CompiledDecode:
     outputs are dropped. The cache is marked as a static input, so that replays read it in place instead of copying.
     """
 
-    def __init__(self, model, cache: PagedKVCache, mode: str = "default", pad_shapes: bool | None = None):
+    def __init__(self, model, cache: PagedKVCache, mode: str = "default"):
         if mode not in MODES:
             raise ValueError(f"Sampler compile={mode!r}: expected one of {', '.join(MODES)}")
         device = cache.data.device
         if mode == "reduce-overhead" and device.type != "cuda":
             raise ValueError(f"Sampler compile={mode!r} captures CUDA graphs; on {device.type} use 'default'")
         self.model, self.cache, self.graphs = model, cache, mode == "reduce-overhead"
-        self.pad_shapes = self.graphs if pad_shapes is None else pad_shapes
+        self.pad_shapes = self.graphs
         if self.graphs:
             torch._dynamo.mark_static_address(cache.data)
         self._step = _compiled_step(model, device, mode)
