@@ -292,8 +292,9 @@ def bench_multiturn(n_seqs, turns, prompt_len, gen_tokens, tool_tokens, repeats,
                prefill_tokens_reprefill=prefill_again)
     for compile in compile_modes:
         suffix = "" if compile is None else "_compiled"
-        if compile is not None:  # compile outside the timed runs
-            Sampler(model, max_cache_tokens=capacity, compile=compile).generate(prompts[:2], params)
+        if compile is not None:  # compile outside the timed runs: the graphs for batch >= 2 and batch 1
+            for warmup in (prompts[:2], prompts[:1]):
+                Sampler(model, max_cache_tokens=capacity, compile=compile).generate(warmup, params)
         times = {"extend": [], "reprefill": []}
         for _ in range(repeats):
             for name, fn in (("extend", with_extend), ("reprefill", with_reprefill)):

@@ -480,11 +480,11 @@ class Sampler:
         ints = torch.tensor(cu_seqlens + seqlens_k, dtype=torch.int32).to(device, non_blocking=True)
         rows = longs[3 * total:]
         table = self.block_table[rows, :math.ceil(max(seqlens_k) / bs)]
-        ids_t, positions_t, slots_t, seqlens_t = longs[:total], longs[total:2 * total], longs[2 * total:3 * total], \
-            ints[len(batch) + 1:]
-        if self._compiled is not None and total == len(batch):
+        ids_t, positions_t, slots_t = longs[:total], longs[total:2 * total], longs[2 * total:3 * total]
+        cu_seqlens_t, seqlens_t = ints[:len(batch) + 1], ints[len(batch) + 1:]
+        if self._compiled is not None and total == len(batch):  # every sequence decodes one token
             return self._compiled(ids_t, positions_t, slots_t, table, seqlens_t), sample_at
-        step = CacheStep(self.cache, slots_t, table, ints[:len(batch) + 1], seqlens_t, max(n for _, n in batch))
+        step = CacheStep(self.cache, slots_t, table, cu_seqlens_t, seqlens_t, max(n for _, n in batch))
         return self.model(ids_t, positions_t, cache=step), sample_at
 
     def _sample(self, hidden: torch.Tensor, samplers: list[tuple[int, _Sequence]]):

@@ -425,8 +425,8 @@ def _train(cfg: SFTConfig, env: DistEnv) -> Path:
         log.metrics(record)
         if step % cfg.log_every == 0 or last:
             _progress_line(log, record, stop_step, time.perf_counter() - started, step - start_step, clock)
-        stopped_early = last and step < total_steps and not out_of_time  # continued by a later run
-        if cfg.checkpoint_every > 0 and (step % cfg.checkpoint_every == 0 and not last or stopped_early):
+        stopped_early = last and step < total_steps and not out_of_time  # always checkpointed: a later run continues
+        if stopped_early or (cfg.checkpoint_every > 0 and step % cfg.checkpoint_every == 0 and not last):
             path = checkpoint.save(run_dir, step, model, optimizer, scheduler,
                                    {"data_position": vars(position), "data_fingerprint": planner.dataset.fingerprint()},
                                    env, keep=cfg.keep_checkpoints)

@@ -80,13 +80,17 @@ def test_a_run_trains_and_records_its_metrics(data_dir, tmp_path):
 def test_stopping_early_keeps_the_schedule_and_a_later_run_continues(data_dir, tmp_path):
     whole = run(data_dir, tmp_path / "whole", max_steps=6, export=False)
     run_dir = tmp_path / "staged"
-    first = run(data_dir, run_dir, max_steps=6, stop_after_steps=2, checkpoint_every=0)
+    first = run(data_dir, run_dir, max_steps=6, stop_after_steps=2, checkpoint_every=0)  # checkpointed anyway
     assert list(first) == [1, 2] and (run_dir / "final" / "config.json").is_file()
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert records[-1]["lr"] > 3e-3 * 0.5  # still early in the 6-step schedule, not at its end
     log = (run_dir / "train.log").read_text()
     assert "stopping after step 2" in log and "step 2/2 | loss" in log
     resumed = run(data_dir, run_dir, max_steps=6, stop_after_steps=0, checkpoint_every=0, export=False)
+    log = (run_dir / "train.log").read_text()
+    assert "at step 2 (epoch" in log and "step 3/6 | loss" in log  # continued, not started over
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]
     assert list(resumed) == list(whole)
     for step in whole:
         assert resumed[step] == pytest.approx(whole[step], abs=1e-6)
