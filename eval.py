@@ -17,12 +17,13 @@ import sys
 import time
 from pathlib import Path
 
-from rollout import (add_agent_arguments, add_model_arguments, agent_config, env_settings, load_policy,
-                     sampling_params)
-
-from litere.agent import evaluate, print_progress, read_trajectories, write_run
+from litere.agent.loop import print_progress
+from litere.agent.trajectory import read_trajectories
+from litere.cli import (add_agent_arguments, add_judge_arguments, add_model_arguments, agent_config, env_settings,
+                        judge_from_args, load_policy, sampling_params)
+from litere.evaluation import evaluate, report_markdown, summarize, write_run
 from litere.questions import Environments, load_questions
-from litere.reward import add_judge_arguments, judge_from_args, report_markdown, score_trajectories, summarize
+from litere.reward import score_trajectories
 
 
 def rescore(args, judge) -> tuple[list, dict]:

@@ -20,9 +20,9 @@ def main(argv=None) -> int:
     if args.stage != "sft":
         print(f"train.py: stage {args.stage!r} is not implemented yet (only 'sft' is)", file=sys.stderr)
         return 2
-    from litere import sft
+    from litere.train import sft
     from litere.config import ConfigError
-    from litere.data import DataError
+    from litere.train.sft_data import DataError
     from litere.weights import CheckpointError
 
     try:

@@ -57,9 +57,9 @@ class ReplaySampler:
     def _params(params, turn: list[int]):
         return dataclasses.replace(params, max_new_tokens=min(params.max_new_tokens, len(turn)), stop_token_ids=())
 
-    def add(self, prompt_ids, params, *, n=1, hold=False):
+    def add(self, prompt_ids, params, *, n=1, resumable=False):
         script = self.scripts[tuple(prompt_ids)]
-        rids = self.sampler.add(prompt_ids, self._params(params, script[0]), n=n, hold=hold)
+        rids = self.sampler.add(prompt_ids, self._params(params, script[0]), n=n, resumable=resumable)
         for rid in rids:
             self._turn[rid] = [script, 0]
         return rids

@@ -12,11 +12,11 @@
    bandwidth, counted as bytes copied per second).
    The matmul floor at batch 16 is printed too: at 16 rows the linears are no longer bandwidth-bound.
 3. Multi-turn on `tiny`: 64 sequences x 4 turns, each turn generates G tokens then takes a 200-token tool response;
-   `extend` (hold + extend: only new tokens prefilled) vs re-prefilling the whole history as a fresh request, with
+   `extend` (resumable requests: only new tokens prefilled) vs re-prefilling the whole history as a fresh request, with
    the eager and with the compiled decode step. The prompt is 512 tokens by default, the size of the agent's system
    prompt + question (~530 Qwen3 tokens).
 
-Constructing a Sampler on CPU tunes glibc malloc for the whole process (litere.sampler.retain_freed_cpu_memory); it
+Constructing a Sampler on CPU tunes glibc malloc for the whole process (litere.cpu.retain_freed_memory); it
 happens before either side runs, so transformers runs with the same allocator settings.
 
 Prints the hardware, a table and one JSON line last. The machine may be shared: read medians and ratios.
@@ -260,7 +260,7 @@ def bench_multiturn(n_seqs, turns, prompt_len, gen_tokens, tool_tokens, repeats,
 
     def with_extend(compile):
         sampler = Sampler(model, max_cache_tokens=capacity, max_num_seqs=n_seqs, compile=compile)
-        ids = [sampler.add(p, params, hold=True)[0] for p in prompts]
+        ids = [sampler.add(p, params, resumable=True)[0] for p in prompts]
         histories = [list(p) for p in prompts]
         for turn in range(turns):
             outs = drain(sampler)

@@ -27,9 +27,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from litere import sft  # noqa: E402
+from litere.train import sft  # noqa: E402
 from litere.config import ModelConfig  # noqa: E402
-from litere.data import SFTDataset, pack_documents  # noqa: E402
+from litere.train.sft_data import SFTDataset, pack_documents  # noqa: E402
 from litere.model import Qwen3  # noqa: E402
 
 CONFIGS = {
@@ -70,7 +70,7 @@ class LitereSide:
     def __init__(self, model: Qwen3, dataset: SFTDataset, autocast_dtype):
         self.model, self.dataset, self.autocast_dtype = model.train(), dataset, autocast_dtype
         cfg = sft.SFTConfig(lr=1e-4, warmup_ratio=0.0, weight_decay=0.0)
-        self.optimizer, self.scheduler = sft.build_optimizer(model, cfg, total_steps=10_000)
+        self.optimizer, self.scheduler = sft.build_optimizer(model, cfg, sft.lr_schedule(cfg, 10_000))
 
     def step(self, docs) -> float:
         batch = pack_documents(self.dataset, docs)

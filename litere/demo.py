@@ -7,7 +7,7 @@
 2. data       the teacher trajectories with the demo's short system prompt (DEMO_SYSTEM_PROMPT)
 3. tokenizer  a byte-level BPE with the Qwen3 special tokens, trained on the training text (litere.bpe); numbers
               are spelt in two-digit tokens, which a small model copies far more reliably than single digits
-4. SFT        configs/demo_sft.toml through litere.sft, the trainer of `train.py --stage sft` (a fixed number of
+4. SFT        configs/demo_sft.toml through litere.train.sft, the trainer of `train.py --stage sft` (a fixed number of
               steps, about 9 minutes on 2 cores); exports DIR/sft/final (model and tokenizer)
 5. eval       litere.agent.evaluate, the code of eval.py, on the held-out world and on a sample of training
               questions, greedy, one sample per question
@@ -41,8 +41,11 @@ from pathlib import Path
 
 import torch
 
-from . import run_config, sft
-from .agent import AgentConfig, eval_sampling_params, evaluate, print_progress, read_trajectories
+from . import run_config
+from .train import sft
+from .agent.loop import AgentConfig, print_progress
+from .agent.trajectory import read_trajectories
+from .evaluation import eval_sampling_params, evaluate
 from .bpe import train_tokenizer
 from .questions import Environments, load_questions, world_env_settings
 from .sampler import Sampler

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from litere import sft
+from litere.train import sft
 from litere.bpe import train_tokenizer
 from litere.tokenizer import render
 

@@ -50,8 +50,8 @@ class ScriptedSampler:
         self.max_live = 0
         self.steps = 0
 
-    def add(self, prompt_ids, params, *, n=1, hold=False):
-        assert hold and params.max_new_tokens >= 1 and params.stop_token_ids == (self.tok.im_end_id,)
+    def add(self, prompt_ids, params, *, n=1, resumable=False):
+        assert resumable and params.max_new_tokens >= 1 and params.stop_token_ids == (self.tok.im_end_id,)
         rids = []
         for _ in range(n):
             rid = next(self._ids)

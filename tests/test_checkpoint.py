@@ -5,8 +5,9 @@ import time
 import pytest
 import torch
 
-from litere import checkpoint, distributed, run_config, sft
-from litere.distributed import DistEnv
+from litere import run_config
+from litere.train import checkpoint, distributed, sft
+from litere.train.distributed import DistEnv
 from litere.tokenizer import Tokenizer
 from litere.weights import load_model
 from model_utils import hf_twin, random_model, small_config

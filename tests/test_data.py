@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from litere.data import (BatchPlanner, DataError, DataPosition, conversation_messages, load_sft_dataset,
+from litere.train.sft_data import (BatchPlanner, DataError, DataPosition, conversation_messages, load_sft_dataset,
                          pack_documents, read_records)
 from litere.tokenizer import SPECIAL_TOKENS, SYSTEM_PROMPT, Tokenizer, render
 from sft_helpers import conversation, make_tokenizer, tool_call, write_conversations

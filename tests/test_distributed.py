@@ -4,7 +4,8 @@ import json
 import pytest
 import torch
 
-from litere import distributed, run_config, sft
+from litere import run_config
+from litere.train import distributed, sft
 from litere.weights import load_model
 from model_utils import hf_twin
 from sft_helpers import losses, make_data, run_train, tiny_overrides

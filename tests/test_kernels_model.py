@@ -7,7 +7,7 @@ import torch
 pytest.importorskip("triton")
 
 from litere.config import ModelConfig  # noqa: E402
-from litere.kv_cache import CacheStep, PagedKVCache  # noqa: E402
+from litere.sampler.kv_cache import CacheStep, PagedKVCache  # noqa: E402
 from litere.model import Qwen3  # noqa: E402
 from model_utils import random_model, small_config  # noqa: E402
 

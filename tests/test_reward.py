@@ -8,9 +8,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from litere.agent import ToolCallRecord, Trajectory
-from litere.reward import (ExactMatchJudge, JudgeItem, JudgeReplyError, LocalJudge, OpenAIJudge,
-                           add_judge_arguments, exact_match, extract_answer, judge_from_args, normalize_answer,
-                           parse_judgment, pass_at_k, report_markdown, score_trajectories, summarize, token_f1)
+from litere.cli import add_judge_arguments, judge_from_args
+from litere.evaluation import pass_at_k, report_markdown, summarize
+from litere.reward import (ExactMatchJudge, JudgeItem, JudgeReplyError, LocalJudge, OpenAIJudge, exact_match,
+                           extract_answer, normalize_answer, parse_judgment, score_trajectories, token_f1)
 
 
 def test_extract_answer_takes_the_last_complete_tag():

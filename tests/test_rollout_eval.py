@@ -169,7 +169,7 @@ def test_rollout_cli_writes_records_and_eval_rescores_them(world, tokenizer, mod
 def test_rollout_cli_with_the_compiled_decode_step_writes_the_same_trajectories(world, model_dir, tmp_path,
                                                                                 monkeypatch):
     import rollout
-    from litere.decode_graph import CompiledDecode
+    from litere.sampler.decode_graph import CompiledDecode
 
     compiled_steps = []
     original = CompiledDecode.__call__

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from litere.kv_cache import CacheStep, PagedKVCache
+from litere.sampler.kv_cache import CacheStep, PagedKVCache
 from litere.sampler import Sampler, SamplingParams
 
 from model_utils import drain, hf_twin, random_model, random_prompts, small_config
@@ -143,7 +143,7 @@ def count_forward_tokens(model):
 def test_extend_then_resume_equals_generating_from_the_concatenation(model, params):
     prompt, tool = prompts(13, 9, seed=8)
     sampler = Sampler(model, max_cache_tokens=512, block_size=4)
-    [rid] = sampler.add(prompt, params, hold=True)
+    [rid] = sampler.add(prompt, params, resumable=True)
     first = drain(sampler)[rid]
     assert first.finish_reason == "length" and len(first.token_ids) == 6
     counts, handle = count_forward_tokens(model)
@@ -266,7 +266,7 @@ def test_bad_input_is_rejected_with_clear_errors(model):
 
 def test_extend_over_budget_is_refused(model):
     sampler = Sampler(model, max_cache_tokens=64, block_size=4)
-    [rid] = sampler.add([1, 2, 3], SamplingParams(temperature=0, max_new_tokens=4, stop_token_ids=()), hold=True)
+    [rid] = sampler.add([1, 2, 3], SamplingParams(temperature=0, max_new_tokens=4, stop_token_ids=()), resumable=True)
     drain(sampler)
     with pytest.raises(ValueError, match="no room"):
         sampler.extend(rid, list(range(57)))
@@ -297,7 +297,7 @@ def test_paused_caches_give_way_and_are_recomputed_on_extend(model):
     ps = prompts(20, 20, 20, seed=14)
     params = SamplingParams(temperature=0, max_new_tokens=6, stop_token_ids=())
     sampler = Sampler(model, max_cache_tokens=64, block_size=4)
-    held = [sampler.add(p, params, hold=True)[0] for p in ps[:2]]
+    held = [sampler.add(p, params, resumable=True)[0] for p in ps[:2]]
     first = drain(sampler)
     [late] = sampler.add(ps[2], params)  # the held caches fill 14 of 16 blocks: they must be dropped
     assert drain(sampler)[late].token_ids == reference_greedy(model, ps[2], 6)

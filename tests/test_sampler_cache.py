@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from kernels import reference
-from litere.kv_cache import BlockManager
-from litere.sampling import argmax
+from litere.sampler.kv_cache import BlockManager
+from litere.sampler.sampling import argmax
 
 
 def dense_attention(q, k_cache, v_cache, tables, lengths, new_tokens):

@@ -4,7 +4,7 @@ import torch
 from torch._dynamo.utils import counters
 
 import kernels.reference
-from litere.decode_graph import CompiledDecode, DecodeAttention
+from litere.sampler.decode_graph import CompiledDecode, DecodeAttention
 from litere.sampler import Sampler, SamplingParams
 
 from model_utils import drain, random_model, random_prompts, small_config
@@ -29,7 +29,7 @@ def agent_like_workload(sampler):
     one, shared, held, late = prompts(1, 37, 20, 9, seed=3)
     sampler.add(one, GREEDY)
     sampler.add(shared, SAMPLED, n=3)
-    held_id = sampler.add(held, GREEDY, hold=True)[0]
+    held_id = sampler.add(held, GREEDY, resumable=True)[0]
     for _ in range(5):
         sampler.step()
     sampler.add(late, SAMPLED)

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from litere.sampling import Rows, SamplingParams, apply_penalties, sample, uniform
+from litere.sampler.sampling import Rows, SamplingParams, apply_penalties, sample, uniform
 
 # probabilities 0.5, 0.2, 0.15, 0.1, 0.05 on tokens 3, 0, 4, 1, 2 (not in vocabulary order)
 PROBS = torch.tensor([0.2, 0.1, 0.05, 0.5, 0.15])

@@ -4,8 +4,9 @@ import math
 import pytest
 import torch
 
-from litere import run_config, sft
-from litere.data import BatchPlanner, DataPosition, load_sft_dataset
+from litere import run_config
+from litere.train import sft
+from litere.train.sft_data import BatchPlanner, DataPosition, load_sft_dataset
 from litere.tokenizer import Tokenizer
 from model_utils import random_model, small_config
 from sft_helpers import crash_in_step, losses, make_data, tiny_overrides

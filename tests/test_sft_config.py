@@ -4,7 +4,7 @@ import sys
 import pytest
 
 from litere import run_config
-from litere.sft import SFTConfig
+from litere.train.sft import SFTConfig
 from sft_helpers import REPO
 
 

@@ -8,7 +8,7 @@ import pytest
 from litere.env import EnvSettings, open_env
 from litere.tokenizer import SYSTEM_PROMPT, USER_PREFIX
 from litere.world import BuildConfig, World, WorldSize, build, load_manifest, train_world_seed, training_texts
-from litere.world_names import name_pool
+from litere.world.names import name_pool
 
 SMALL = BuildConfig(seed=3, worlds=3, trajectories=30, eval_questions=30, workers=1)
 TEXT_FILES = ["train_corpus.jsonl", "train_questions.jsonl", "train_sft.jsonl", "eval_corpus.jsonl",

@@ -10,31 +10,11 @@ from __future__ import annotations
 import json
 import random
 import re
-from typing import TYPE_CHECKING
 
+from litere.env import LocalEnv
 from litere.tokenizer import SYSTEM_PROMPT, USER_PREFIX
+from litere.world.generate import FACT, GOAL, World, WorldQuestion
 
-if TYPE_CHECKING:
-    from litere.env import LocalEnv
-    from litere.world import Question, World
-
-# what the expert looks for on a page (worded like the page's sentence, for the extractive visit)
-GOAL = {
-    "birth_city": "the city where {} was born", "birth_year": "the year {} was born",
-    "employer": "the company {} works for", "founder": "who founded {}", "founded": "the year {} was founded",
-    "hq": "the headquarters city of {}", "employees": "the number of employees of {}",
-    "country": "the country {} is in", "population": "the population of {}", "mayor": "the mayor of {}",
-    "capital": "the capital of {}", "currency": "the currency of {}", "author": "who created {}",
-    "released": "the year {} was released",
-}
-# the expert's restatement of a fact it read: (subject, value)
-FACT = {
-    "birth_city": "{} was born in {}", "birth_year": "{} was born in {}", "employer": "{} works for {}",
-    "founder": "{} was founded by {}", "founded": "{} was founded in {}", "hq": "the headquarters of {} are in {}",
-    "employees": "{} has {} employees", "country": "{} is in {}", "population": "{} has a population of {}",
-    "mayor": "the mayor of {} is {}", "capital": "the capital of {} is {}",
-    "currency": "the currency of {} is the {}", "author": "{} was created by {}", "released": "{} was released in {}",
-}
 # a word the expert sometimes adds to the name it searches for
 QUERY_HINT = {
     "birth_city": "born", "birth_year": "born", "employer": "company", "founder": "founded", "founded": "founded",
@@ -71,7 +51,7 @@ def result_rank(search_text: str, url: str) -> int | None:
     return None
 
 
-def teach(world: "World", env: "LocalEnv", question: "Question", rng: random.Random) -> list[dict] | None:
+def teach(world: World, env: LocalEnv, question: WorldQuestion, rng: random.Random) -> list[dict] | None:
     """The teacher's conversation for one question, or None if the tools do not lead to the answer."""
     messages = [{"role": "system", "content": SYSTEM_PROMPT},
                 {"role": "user", "content": USER_PREFIX + question.text}]

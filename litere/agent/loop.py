@@ -12,168 +12,24 @@ and answer, then calls it once more.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import re
 import sys
 import time
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from .questions import Question
-from .reward import extract_answer, report_markdown, score_trajectories, summarize
-from .tokenizer import GENERATION_PROMPT, SYSTEM_PROMPT, USER_PREFIX
+from ..questions import Question
+from ..reward import extract_answer
+from ..tokenizer import GENERATION_PROMPT, SYSTEM_PROMPT, USER_PREFIX
+from .tools import TOOL_ERROR, execute_tool, parse_tool_call
+from .trajectory import ToolCallRecord, Trajectory
 
 TERMINATIONS = ("answer", "no_tool_call", "max_turns", "budget", "context_limit", "error")
 CONTEXT_LIMIT_REMINDER = (
     "You have reached the limit of the context you can handle. Do not call any more tools. Based on everything "
     "above, think once more and give your best final answer now, in the form <answer>your answer</answer>.")
-TOOL_CALL_RE = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
-TOOL_ERROR = "Error when executing tool: {}"
 
-
-# --- records --------------------------------------------------------------------------------------------------
-@dataclass
-class ToolCall:
-    name: str
-    arguments: dict
-
-
-@dataclass
-class ToolCallRecord:
-    turn: int  # the assistant turn (1-based) that made the call
-    name: str
-    arguments: dict
-    latency_s: float = 0.0
-    success: bool = False
-    error: str | None = None
-    response_tokens: int = 0  # ids of the whole tool-response segment appended to the context
-
-
-@dataclass
-class Trajectory:
-    """One rollout. `response_ids` is everything after the prompt: sampled turns (mask 1, with their rollout
-    logprobs) and forced segments — tool responses, the context-limit reminder — (mask 0, logprob 0)."""
-    question_id: str
-    sample_index: int
-    question: str
-    answers: list[str]
-    data_source: str | None
-    prompt_ids: list[int]
-    response_ids: list[int] = field(default_factory=list)
-    response_mask: list[int] = field(default_factory=list)
-    rollout_logprobs: list[float] = field(default_factory=list)
-    turns: list[dict] = field(default_factory=list)  # {"role": "assistant" | "tool" | "user", "content": text}
-    tool_calls: list[ToolCallRecord] = field(default_factory=list)
-    num_turns: int = 0  # assistant turns (model calls)
-    answer: str | None = None
-    termination: str | None = None
-    error: str | None = None
-    elapsed_s: float = 0.0
-    reward: float | None = None
-    judge: dict | None = None
-
-    @property
-    def sampled_tokens(self) -> int:
-        return sum(self.response_mask)
-
-    @property
-    def tool_tokens(self) -> int:
-        return len(self.response_ids) - self.sampled_tokens
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["token_counts"] = {"prompt": len(self.prompt_ids), "response": len(self.response_ids),
-                             "sampled": self.sampled_tokens, "forced": self.tool_tokens}
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> Trajectory:
-        names = {f.name for f in dataclasses.fields(cls)}
-        missing = {"question_id", "sample_index", "question", "answers", "data_source", "prompt_ids"} - d.keys()
-        if missing:
-            raise ValueError(f"trajectory record lacks {', '.join(sorted(missing))}")
-        kwargs = {k: v for k, v in d.items() if k in names}
-        kwargs["tool_calls"] = [ToolCallRecord(**c) for c in d.get("tool_calls", [])]
-        return cls(**kwargs)
-
-
-def write_trajectories(trajectories: list[Trajectory], path) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        for t in trajectories:
-            f.write(json.dumps(t.to_dict(), ensure_ascii=False) + "\n")
-
-
-def read_trajectories(path) -> list[Trajectory]:
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    out.append(Trajectory.from_dict(json.loads(line)))
-                except (ValueError, TypeError) as e:
-                    raise ValueError(f"{path}:{line_no}: not a trajectory record ({e})") from None
-    return out
-
-
-# --- tools ----------------------------------------------------------------------------------------------------
-def parse_tool_call(text: str) -> tuple[ToolCall | None, str | None]:
-    """The first valid `<tool_call>` of a turn, as (call, None); (None, why) when there are calls but none is
-    valid; (None, None) when the turn makes no call."""
-    bodies = TOOL_CALL_RE.findall(text)
-    if not bodies:
-        return None, ("<tool_call> is not closed by </tool_call>" if "<tool_call>" in text else None)
-    problem = None
-    for body in bodies:
-        try:
-            obj = json.loads(body)
-        except json.JSONDecodeError as e:
-            problem = problem or f"tool call is not valid JSON ({e})"
-            continue
-        arguments = obj.get("arguments") if isinstance(obj, dict) else None
-        if isinstance(arguments, str):  # some models double-encode the arguments
-            try:
-                arguments = json.loads(arguments)
-            except json.JSONDecodeError:
-                pass
-        if not isinstance(obj, dict) or not isinstance(obj.get("name"), str) or not isinstance(arguments, dict):
-            problem = problem or 'tool call must be a JSON object with a string "name" and an object "arguments"'
-            continue
-        return ToolCall(obj["name"], arguments), None
-    return None, problem
-
-
-def _string_list(arguments: dict, key: str, tool: str) -> list[str]:
-    value = arguments.get(key)
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
-        return value
-    raise ValueError(f"{tool} needs arguments.{key}: a string or a non-empty list of strings, got {value!r}")
-
-
-def execute_tool(env, call: ToolCall, mask_url: str | None) -> tuple[str, bool, str | None, float]:
-    """Run one call against the environment: (text for the model, success, error, latency in seconds).
-    Every failure becomes the protocol's error text, so the episode can go on."""
-    start = time.perf_counter()
-    try:
-        if call.name == "search":
-            text = env.search(_string_list(call.arguments, "query", "search"), mask_url=mask_url)
-        elif call.name == "visit":
-            goal = call.arguments.get("goal")
-            if not isinstance(goal, str):
-                raise ValueError(f"visit needs arguments.goal (a string), got {goal!r}")
-            text = env.visit(_string_list(call.arguments, "url", "visit"), goal)
-        else:
-            raise ValueError(f"unknown tool {call.name!r}; the tools are search and visit")
-        return text, True, None, time.perf_counter() - start
-    except Exception as e:  # the model sees the error and may try again
-        return TOOL_ERROR.format(e), False, f"{type(e).__name__}: {e}", time.perf_counter() - start
-
-
-# --- the loop -------------------------------------------------------------------------------------------------
 @dataclass
 class AgentConfig:
     mode: str = "train"  # "train" | "eval"
@@ -292,7 +148,7 @@ class Agent:
             return self._finish_all(episodes, "context_limit", f"the prompt ({len(prompt)} tokens) leaves no room "
                                                                f"under a context of {self.max_context}")
         try:
-            rids = self.sampler.add(prompt, self._params(room), n=n, hold=True)
+            rids = self.sampler.add(prompt, self._params(room), n=n, resumable=True)
         except Exception as e:
             return self._finish_all(episodes, "error", f"sampler refused the prompt: {type(e).__name__}: {e}")
         for ep, rid in zip(episodes, rids):
@@ -426,47 +282,6 @@ class Agent:
         self.stats.done += 1
         if self._on_trajectory:
             self._on_trajectory(t)
-
-
-# --- evaluation -----------------------------------------------------------------------------------------------
-def eval_sampling_params(greedy: bool = False, **overrides):
-    """PROTOCOL.md section 7 decoding: temperature 0.6, top_p 0.95, top_k 20, presence penalty 1.1."""
-    from .sampler import SamplingParams
-
-    base = dict(temperature=0.0) if greedy else dict(temperature=0.6, top_p=0.95, top_k=20, presence_penalty=1.1)
-    return SamplingParams(**{**base, **overrides})
-
-
-def evaluate(model, tokenizer, questions: list[Question], env, k: int = 4, *, params=None,
-             config: AgentConfig | None = None, judge=None, sampler=None, out_dir=None, on_progress=None,
-             title: str = "Evaluation", run_info: dict | None = None) -> dict:
-    """Roll out k samples per question in eval mode, judge them (exact match unless `judge` is given) and return
-    the report of `litere.reward.summarize` (plus `run_info` under "run"). With `out_dir`, also writes
-    trajectories.jsonl, report.json and report.md there."""
-    from .reward import ExactMatchJudge
-    from .sampler import Sampler
-
-    config = config or AgentConfig(mode="eval", max_turns=100)
-    if sampler is None:
-        sampler = Sampler(model)
-    agent = Agent(sampler, tokenizer, env, params or eval_sampling_params(), config)
-    trajectories = agent.run(questions, n=k, on_progress=on_progress)
-    score_trajectories(trajectories, judge or ExactMatchJudge())
-    report = summarize(trajectories, k)
-    if run_info is not None:
-        report["run"] = run_info
-    if out_dir is not None:
-        write_run(out_dir, trajectories, report, title)
-    return report
-
-
-def write_run(out_dir, trajectories: list[Trajectory], report: dict, title: str = "Evaluation") -> Path:
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    write_trajectories(trajectories, out / "trajectories.jsonl")
-    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "report.md").write_text(report_markdown(report, title))
-    return out
 
 
 def print_progress(stats: RolloutStats, stream=None):

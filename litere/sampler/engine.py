@@ -8,7 +8,7 @@ paged cache and which blocks each sequence reads, so prefill and decode share on
 Cache pressure: a request that could never fit (prompt + one token over the per-sequence limit) is refused by
 `add`. A waiting request is admitted only when blocks are free. A running sequence that needs a new block and finds
 none preempts the newest other running sequence (its blocks are freed and it is recomputed later from its tokens,
-which it keeps, so nothing is lost or truncated); with no running sequence to preempt, the caches of paused (held)
+which it keeps, so nothing is lost or truncated); with no running sequence to preempt, the caches of paused (resumable)
 or queued requests are dropped (they are recomputed on resume); as a last resort the sequence preempts itself.
 
 Prompt sharing: `add(prompt, n=k)` prefills the prompt once; when its prefill completes the k samples share its
@@ -17,22 +17,18 @@ Whoever writes next into a shared, partly filled block copies it first (copy-on-
 """
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import math
 import numbers
 import random
-import sys
 from collections import deque
 from dataclasses import dataclass
 
 import torch
 
+from .. import cpu
 from .decode_graph import CompiledDecode
 from .kv_cache import BlockManager, CacheStep, PagedKVCache
 from .sampling import Rows, SamplingParams, sample
-
-__all__ = ["Output", "Sampler", "SamplingParams"]
 
 _STOP_WINDOW_PER_CHAR = 4  # a character can take up to 4 byte-level tokens
 
@@ -48,31 +44,14 @@ class Output:
     finish_reason: str
 
 
-def retain_freed_cpu_memory():
-    """Serve all allocations from a heap that is never trimmed (glibc mallopt; process-wide, no-op elsewhere).
-
-    torch's CPU allocator calls malloc for every tensor; glibc maps large blocks fresh from the OS and unmaps them on
-    free, so each step's big temporaries (KV gathers, vocabulary-wide logits) page-fault anew. Decoding 64 sequences
-    at 800 tokens on `tiny` ran about 3x faster with this. The cost: freed memory stays with the process.
-    """
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c"))
-        libc.mallopt(-4, 0)  # M_MMAP_MAX: never mmap
-        libc.mallopt(-1, 2**31 - 1)  # M_TRIM_THRESHOLD: never return the heap's top to the OS
-    except (OSError, AttributeError, TypeError):
-        pass
-
-
 class _Sequence:
     """One sample's state. tokens = prompt + everything generated or forced; the first num_cached have their
     k/v in `blocks` (always ceil(num_cached / block_size) of them)."""
 
-    __slots__ = ("id", "params", "seed", "hold", "budget", "tokens", "turn_start", "logprobs", "num_cached",
+    __slots__ = ("id", "params", "seed", "resumable", "budget", "tokens", "turn_start", "logprobs", "num_cached",
                  "blocks", "row", "status", "forks", "stop_ids")
 
-    def __init__(self, request_id, tokens, params, seed, hold, budget, stop_ids):
+    def __init__(self, request_id, tokens, params, seed, resumable, budget, stop_ids):
         self.id = request_id
         self.tokens = tokens
         self.turn_start = len(tokens)
@@ -82,7 +61,7 @@ class _Sequence:
         self.row: int | None = None
         self.status = "waiting"  # waiting | running | paused | finished
         self.forks: list[_Sequence] = []  # samples that share this one's prefill (until it completes)
-        self.params, self.seed, self.hold, self.budget, self.stop_ids = params, seed, hold, budget, stop_ids
+        self.params, self.seed, self.resumable, self.budget, self.stop_ids = params, seed, resumable, budget, stop_ids
 
 
 class Sampler:
@@ -94,9 +73,9 @@ class Sampler:
     sequences. `stop_token_ids` is the default for requests whose params leave it None (default: the model
     config's eos_token_id, which is <|im_end|> in Qwen3 checkpoints); `decode` (ids -> str) enables stop strings.
     `seed` seeds the seeds of unseeded requests. `compile` ("default", or "reduce-overhead" for CUDA graphs) runs
-    steps in which every sequence decodes one token through a torch.compile graph (litere.decode_graph); the first
+    steps in which every sequence decodes one token through a torch.compile graph (decode_graph.py); the first
     such step of each shape class compiles it (tens of seconds on CPU), other steps run eagerly. On CPU the
-    constructor tunes glibc malloc process-wide (see `retain_freed_cpu_memory`).
+    constructor tunes glibc malloc process-wide (see `litere.cpu.retain_freed_memory`).
     """
 
     def __init__(self, model, *, max_cache_tokens: int | None = None, cache_bytes: int | None = None,
@@ -135,7 +114,7 @@ class Sampler:
         self._seed_rng = random.Random(seed)
 
         if self.device.type == "cpu":
-            retain_freed_cpu_memory()
+            cpu.retain_freed_memory()
         with torch.inference_mode():
             self.cache = PagedKVCache(config.num_hidden_layers, num_blocks, block_size, config.num_key_value_heads,
                                       config.head_dim, weight.dtype, self.device)
@@ -155,8 +134,10 @@ class Sampler:
         self._block_copies: list[tuple[int, int]] = []  # (src, dst) copy-on-write before the forward
 
     # --- public API -----------------------------------------------------------------------------------------
-    def add(self, prompt_ids, params: SamplingParams | None = None, *, n: int = 1, hold: bool = False) -> list[int]:
-        """Queue `n` samples of one prompt (prefilled once); returns their request ids."""
+    def add(self, prompt_ids, params: SamplingParams | None = None, *, n: int = 1,
+            resumable: bool = False) -> list[int]:
+        """Queue `n` samples of one prompt (prefilled once); returns their request ids. A resumable request pauses
+        when a turn finishes, keeping its cache, until `extend` resumes it or `release` frees it."""
         params = params or SamplingParams()
         if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= self.max_num_seqs:
             raise ValueError(f"add: n={n!r} must be an integer in [1, max_num_seqs={self.max_num_seqs}]")
@@ -169,7 +150,7 @@ class Sampler:
         seqs = []
         for i in range(n):
             seed = params.seed + i if params.seed is not None else self._seed_rng.getrandbits(63)
-            seq = _Sequence(self._next_id, list(tokens), params, seed, hold, budget, stop_ids)
+            seq = _Sequence(self._next_id, list(tokens), params, seed, resumable, budget, stop_ids)
             self._next_id += 1
             self._requests[seq.id] = seq
             seqs.append(seq)
@@ -186,7 +167,7 @@ class Sampler:
         if seq is None or seq.status != "paused":
             state = "unknown" if seq is None else seq.status
             raise ValueError(f"extend: request {request_id} is {state}; only a paused request (added with "
-                             "hold=True and finished) can be extended")
+                             "resumable=True and finished) can be extended")
         forced = self._token_list(token_ids, "extend: token_ids", allow_empty=True)
         params = params or seq.params
         stop_ids = self._check_params(params, "extend")
@@ -518,7 +499,7 @@ class Sampler:
             outputs.append(Output(seq.id, seq.tokens[seq.turn_start:], list(seq.logprobs), reason))
             self._running.remove(seq)
             self._free_rows_of(seq)
-            if seq.hold:
+            if seq.resumable:
                 seq.status = "paused"
                 self._paused[seq.id] = seq
             else:

@@ -22,8 +22,8 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 
 from . import distributed
 from .distributed import DistEnv
-from .tokenizer import Tokenizer
-from .weights import save_model
+from ..tokenizer import Tokenizer
+from ..weights import save_model
 
 CHECKPOINTS = "checkpoints"
 TRAINER_STATE = "trainer_state.json"

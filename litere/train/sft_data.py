@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .tokenizer import Tokenizer
+from ..tokenizer import Tokenizer
 
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                   "function_call": "assistant", "observation": "tool", "tool": "tool"}

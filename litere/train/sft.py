@@ -1,0 +1,258 @@
+"""Supervised fine-tuning: gradient accumulation to a global batch, token-mean loss, warmup + cosine.
+
+The loss of a step is the sum of -logprob over every supervised token of the global batch divided by their global
+count, so neither the micro-batch split nor the number of ranks changes it. Each micro-batch's gradient is scaled
+by world_size / count before FSDP averages gradients over ranks, which turns that average into the global sum.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .. import run_config
+from ..tokenizer import Tokenizer
+from . import checkpoint, distributed
+from .core import (RunLog, TimedWarmupCosine, TrainerConfig, WarmupCosine, agreed_seconds, build_model,
+                   build_optimizer, check_choice, check_positive, duration, export, load_tokenizer, model_config,
+                   open_run, optimizer_step, peak_flops, resolve_precision, step_flops)
+from .distributed import DistEnv
+from .sft_data import BatchPlanner, DataPosition, MicroBatch, load_sft_dataset
+
+
+@dataclass
+class SFTConfig(TrainerConfig):
+    run_dir: str = "runs/sft"
+    # data
+    train_files: list[str] = field(default_factory=list)
+    cutoff_len: int = 65536
+    overlong: str = "truncate"  # truncate | drop
+    bad_lines: str = "fail"  # fail | skip
+    pack_tokens: int = 65536  # most input tokens of one micro-batch on one rank
+    global_batch: int = 128
+    batch_unit: str = "sequences"  # sequences | tokens
+    epochs: float = 1.0
+    max_steps: int = 0  # > 0: the schedule has exactly this many steps (epochs repeat as needed)
+    # > 0: stop (checkpoint and export) after this many steps of the schedule, which keeps its full length: an early
+    # model of the same run; a later run with a larger value continues it from the checkpoint
+    stop_after_steps: int = 0
+    # > 0: the loss also counts the tokens the policy does not generate (system prompt, question, tool responses),
+    # each with this weight relative to a supervised token; the logged loss stays the supervised one
+    context_loss_weight: float = 0.0
+    # > 0: train for this many minutes of wall-clock time instead of a step count; warmup and cosine run over the
+    # time budget and training stops when it is spent (or earlier, when epochs / max_steps are done)
+    budget_minutes: float = 0.0
+    eval_files: list[str] = field(default_factory=list)  # held-out conversations: their token-mean loss is logged
+    eval_every: int = 0  # steps; 0: evaluate after the last step only
+    min_lr_ratio: float = 0.0  # the cosine ends at lr * min_lr_ratio
+
+    def __post_init__(self):
+        super().__post_init__()
+        for key, allowed in {"overlong": ("truncate", "drop"), "bad_lines": ("fail", "skip"),
+                             "batch_unit": ("sequences", "tokens")}.items():
+            check_choice(self, key, allowed)
+        check_positive(self, "cutoff_len", "pack_tokens", "global_batch")
+        if self.context_loss_weight < 0:
+            raise run_config.RunConfigError(f"context_loss_weight={self.context_loss_weight} must be >= 0")
+        if self.budget_minutes < 0:
+            raise run_config.RunConfigError(f"budget_minutes={self.budget_minutes} must be >= 0 (0: no time budget)")
+        if self.stop_after_steps < 0:
+            raise run_config.RunConfigError(f"stop_after_steps={self.stop_after_steps} must be >= 0 (0: run the "
+                                            "whole schedule)")
+
+
+def lr_schedule(cfg: SFTConfig, total_steps: int):
+    if cfg.budget_minutes > 0:
+        return TimedWarmupCosine(cfg.budget_minutes * 60, cfg.warmup_ratio, cfg.min_lr_ratio)
+    return WarmupCosine(total_steps, math.ceil(cfg.warmup_ratio * total_steps), cfg.min_lr_ratio)
+
+
+# --- one step -----------------------------------------------------------------------------------------------------
+def token_nll(model, batch: MicroBatch, device, autocast_dtype: torch.dtype | None,
+              every_target: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """-logprob of the scored targets of one packed micro-batch, and their supervision weights.
+
+    Scored are the supervised targets (the head never runs on prompts and tool responses), or with
+    `every_target` all of them. A micro-batch without supervised targets (a rank with nothing to do) still scores
+    one position, with weight 0, so that its backward pass (and FSDP's gradient collectives) runs like every
+    other rank's.
+    """
+    batch = batch.to(device)
+    supervised = batch.weights.nonzero().squeeze(1)
+    if not len(supervised):
+        scored = torch.zeros(1, dtype=torch.long, device=device)
+    elif every_target:
+        scored = torch.arange(len(batch.targets), device=device)
+    else:
+        scored = supervised
+    autocast = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
+    with autocast:
+        hidden = model(batch.input_ids, batch.positions, seqlens=batch.seqlens)
+        logprobs = model.token_logprobs(hidden[scored], batch.targets[scored])
+    return -logprobs, batch.weights[scored]
+
+
+def summed_nll(model, batch: MicroBatch, device, autocast_dtype: torch.dtype | None) -> torch.Tensor:
+    """Sum of -logprob over the supervised targets of one packed micro-batch."""
+    nll, weights = token_nll(model, batch, device, autocast_dtype)
+    return (nll * weights).sum()
+
+
+def micro_step(model, batch: MicroBatch, scale: float, device, autocast_dtype: torch.dtype | None,
+               context_weight: float = 0.0) -> torch.Tensor:
+    """Forward and backward of one packed micro-batch; returns its summed supervised -logprob (detached).
+
+    With context_weight > 0 the objective also counts every other target (system prompt, question, tool
+    responses) with that weight: a language-modelling loss on the context, which gives a model trained from
+    scratch many more examples of copying names and values than its own turns hold.
+    """
+    nll, weights = token_nll(model, batch, device, autocast_dtype, every_target=context_weight > 0)
+    supervised = (nll * weights).sum()
+    objective = supervised + context_weight * (nll * (1 - weights)).sum() if context_weight > 0 else supervised
+    (objective * scale).backward()
+    return supervised.detach()
+
+
+def held_out_loss(model, planner: BatchPlanner, env: DistEnv, autocast_dtype: torch.dtype | None) -> float:
+    """Token-mean loss over the whole evaluation set (the planner's single step), without gradients."""
+    batch = planner.batch(DataPosition(), env.rank, env.world_size)
+    nll = torch.zeros((), dtype=torch.float64, device=env.device)
+    with torch.no_grad():
+        for micro in batch.micro_batches:
+            nll += summed_nll(model, micro, env.device, autocast_dtype).double()
+    return float(distributed.all_reduce_sum(nll, env)) / batch.supervised_tokens
+
+
+# --- the run ------------------------------------------------------------------------------------------------------
+def train(cfg: SFTConfig) -> Path:
+    """Run (or resume) SFT as configured; returns the run directory."""
+    env = distributed.init(cfg.device)
+    try:
+        return _train(cfg, env)
+    finally:
+        distributed.shutdown(env)
+
+
+def _train(cfg: SFTConfig, env: DistEnv) -> Path:
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    tokenizer, tokenizer_dir = load_tokenizer(cfg)
+    mcfg = model_config(cfg, tokenizer)
+    run_dir, log, resume_from = open_run(cfg, env)
+    planner, eval_planner = _load_data(cfg, tokenizer, log)
+    total_steps = cfg.max_steps if cfg.max_steps > 0 else planner.total_steps(cfg.epochs)
+    if total_steps <= 0:
+        raise run_config.RunConfigError(f"no full global batch: {len(planner.dataset)} conversations, "
+                                        f"global_batch={cfg.global_batch} {cfg.batch_unit}")
+
+    precision, bf16_mode = resolve_precision(cfg, env)
+    autocast_dtype = torch.bfloat16 if precision == "bf16" and bf16_mode == "autocast" else None
+    model = build_model(cfg, mcfg, env, bf16_params=precision == "bf16" and bf16_mode == "fsdp")
+    model.train()
+    optimizer, scheduler = build_optimizer(model, cfg, lr_schedule(cfg, total_steps))
+    position, step = DataPosition(), 0
+    if resume_from is not None:
+        state = checkpoint.load(resume_from, model, optimizer, scheduler, env)
+        step, position = state["step"], DataPosition(**state["data_position"])
+        if state["data_fingerprint"] != planner.dataset.fingerprint():
+            log.info(f"warning: the training data differ from those of {resume_from}; the data position may not "
+                     "mean the same documents")
+        log.info(f"resumed from {resume_from} at step {step} (epoch {position.epoch}, step {position.step} of it)")
+    peak = peak_flops(cfg, env)
+    clock = scheduler.lr_lambdas[0] if cfg.budget_minutes > 0 else None
+    if clock:  # a resumed schedule keeps its elapsed time but takes this config's budget
+        clock.budget_s, clock.warmup_ratio, clock.min_ratio = cfg.budget_minutes * 60, cfg.warmup_ratio, cfg.min_lr_ratio
+    stop_step = min(total_steps, cfg.stop_after_steps) if cfg.stop_after_steps > 0 else total_steps
+    length = (f"{cfg.budget_minutes:g} minutes (at most {total_steps} steps)" if clock else f"{total_steps} steps")
+    if stop_step < total_steps:
+        length += f", stopping after step {stop_step}"
+    log.info(f"model: {mcfg.num_parameters() / 1e6:.1f}M parameters, {env.world_size} process(es) on "
+             f"{env.device.type}, precision {precision}" + (f" ({bf16_mode})" if precision == "bf16" else "")
+             + f", activation checkpointing {'on' if cfg.activation_checkpointing else 'off'}; {length} of "
+               f"{cfg.global_batch} {cfg.batch_unit}, {planner.steps_in_epoch(0)} steps per epoch")
+    started, start_step = time.perf_counter(), step
+    budget_before = clock.elapsed_s if clock else 0.0  # time spent before a resume
+    out_of_time = False
+    while step < stop_step and not out_of_time:
+        t0 = time.perf_counter()
+        batch = planner.batch(position, env.rank, env.world_size)
+        scale = env.world_size / batch.supervised_tokens
+        nll = torch.zeros((), dtype=torch.float64, device=env.device)
+        for micro in batch.micro_batches:
+            nll += micro_step(model, micro, scale, env.device, autocast_dtype, cfg.context_loss_weight).double()
+        loss = float(distributed.all_reduce_sum(nll, env)) / batch.supervised_tokens
+        lr = scheduler.get_last_lr()[0]
+        if clock:
+            clock.elapsed_s = budget_before + agreed_seconds(time.perf_counter() - started, env)
+            out_of_time = clock.elapsed_s >= clock.budget_s
+        grad_norm = optimizer_step(model, optimizer, scheduler, cfg.grad_clip)
+        if env.device.type == "cuda":
+            torch.cuda.synchronize(env.device)
+        seconds = time.perf_counter() - t0
+        step += 1
+        position = planner.advance(position)
+        record = {"step": step, "epoch": round(_epoch_progress(planner, position), 4), "loss": loss, "lr": lr,
+                  "grad_norm": grad_norm, "sequences": batch.sequences, "tokens": batch.tokens,
+                  "supervised_tokens": batch.supervised_tokens, "micro_batches": len(batch.micro_batches),
+                  "step_s": round(seconds, 4), "tokens_per_s": batch.tokens / seconds}
+        if peak:
+            record["mfu"] = step_flops(mcfg, batch.doc_lengths) / seconds / (peak * env.world_size)
+        last = step == stop_step or out_of_time
+        if clock:
+            record["train_s"] = round(clock.elapsed_s, 2)
+        if eval_planner and (last or (cfg.eval_every > 0 and step % cfg.eval_every == 0)):
+            record["eval_loss"] = held_out_loss(model, eval_planner, env, autocast_dtype)
+            log.info(f"step {step}: held-out loss {record['eval_loss']:.4f}")
+        log.metrics(record)
+        if step % cfg.log_every == 0 or last:
+            _progress_line(log, record, stop_step, time.perf_counter() - started, step - start_step, clock)
+        stopped_early = last and step < total_steps and not out_of_time  # always checkpointed: a later run continues
+        if stopped_early or (cfg.checkpoint_every > 0 and step % cfg.checkpoint_every == 0 and not last):
+            path = checkpoint.save(run_dir, step, model, optimizer, scheduler,
+                                   {"data_position": vars(position), "data_fingerprint": planner.dataset.fingerprint()},
+                                   env, keep=cfg.keep_checkpoints)
+            log.info(f"checkpoint {path}")
+    if cfg.export:
+        export(cfg, model, mcfg, run_dir, tokenizer, tokenizer_dir, env, log)
+    return run_dir
+
+
+
+def _load_data(cfg: SFTConfig, tokenizer: Tokenizer, log: RunLog) -> tuple[BatchPlanner, BatchPlanner | None]:
+    """The training plan and, with eval_files, a plan that covers the whole evaluation set in one step."""
+    settings = dict(cutoff_len=cfg.cutoff_len, overlong=cfg.overlong, bad_lines=cfg.bad_lines, log=log.info)
+    dataset, stats = load_sft_dataset(cfg.train_files, tokenizer, **settings)
+    log.info(f"data: {stats.summary()}")
+    planner = BatchPlanner(dataset, global_batch=cfg.global_batch, unit=cfg.batch_unit, pack_tokens=cfg.pack_tokens,
+                           seed=cfg.seed)
+    if not cfg.eval_files:
+        return planner, None
+    eval_set, eval_stats = load_sft_dataset(cfg.eval_files, tokenizer, **settings)
+    log.info(f"eval data: {eval_stats.summary()}")
+    return planner, BatchPlanner(eval_set, global_batch=len(eval_set), unit="sequences", pack_tokens=cfg.pack_tokens,
+                                 seed=cfg.seed)
+
+
+def _progress_line(log: RunLog, record: dict, last_step: int, elapsed: float, steps_done: int,
+                   clock: TimedWarmupCosine | None):
+    """One log line; the eta counts to `last_step` (the end of the schedule, or stop_after_steps)."""
+    mfu = f" mfu {record['mfu']:.1%}" if "mfu" in record else ""
+    if clock:
+        where = f"step {record['step']}"
+        timing = f"{duration(clock.elapsed_s)} of {duration(clock.budget_s)}"
+    else:
+        where = f"step {record['step']}/{last_step}"
+        eta = elapsed / steps_done * (last_step - record["step"])
+        timing = f"{duration(elapsed)} elapsed, eta {duration(eta)}"
+    log.info(f"{where} | loss {record['loss']:.4f} | lr {record['lr']:.2e} | grad norm {record['grad_norm']:.3f} | "
+             f"{record['tokens_per_s']:,.0f} tok/s{mfu} | {timing}")
+
+
+def _epoch_progress(planner: BatchPlanner, position: DataPosition) -> float:
+    return position.epoch + position.step / max(1, planner.steps_in_epoch(position.epoch))
+
+
