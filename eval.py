@@ -5,7 +5,7 @@ calls / tokens per trajectory and tool latency, written as report.json and repor
                    [--judge llm --judge-url http://host:8000/v1 --judge-model NAME]
     python eval.py --trajectories FILE [--questions FILE] [--judge ...] [--out RUN_DIR]   # re-score, no model
 
-Decoding follows PROTOCOL.md section 7 (temperature 0.6, top_p 0.95, top_k 20, presence penalty 1.1, up to 100
+Decoding follows docs/protocol.md section 7 (temperature 0.6, top_p 0.95, top_k 20, presence penalty 1.1, up to 100
 model calls, the context-limit reminder); every option can be overridden. With --trajectories, saved
 trajectories (rollout.py or an earlier eval) are judged again; --questions then replaces their labelled answers.
 """

@@ -86,7 +86,8 @@ class _Group(NamedTuple):
 
 _GATHER_BYTES = 2 << 20
 # A sequence's k+v bytes (one layer) from which reading them in place, one SDPA call per sequence, beats copying
-# them out for a batched call (measured on CPU: the crossover is ~200 tokens of the `tiny` preset, ~25 of 0.6B).
+# them out for a batched call. A size in bytes, not tokens: measured on CPU, the crossover fell at about the same
+# k+v size for the `tiny` preset and the 0.6B shape (BENCHMARKS.md, sampler section, has the figures).
 _IN_PLACE_BYTES = 192 << 10
 _MAX_RUNS = 4
 _last_plan: list = [None, None, None]  # [copies of the layout tensors, the other arguments, the plan]

@@ -48,7 +48,8 @@ def add_agent_arguments(parser, *, mode: str, temperature: float, top_p: float, 
     group.add_argument("--min-p", type=float, default=0.0)
     group.add_argument("--presence-penalty", type=float, default=presence_penalty)
     group.add_argument("--repetition-penalty", type=float, default=1.0)
-    group.add_argument("--seed", type=int, help="makes the run reproducible (seeds the per-request seeds)")
+    group.add_argument("--seed", type=int, help="makes the run reproducible: each question's samples get seeds "
+                                                "derived from it and the question id")
     group.add_argument("--max-turns", type=int, default=max_turns, help="assistant turns per trajectory")
     group.add_argument("--max-response-tokens", type=int, default=max_response_tokens,
                        help="sampled + tool tokens after the prompt")
@@ -58,7 +59,8 @@ def add_agent_arguments(parser, *, mode: str, temperature: float, top_p: float, 
     group.add_argument("--system-prompt", metavar="FILE", help="system prompt text (default: the training one, "
                                                                 "litere/system_prompt.txt)")
     group.add_argument("--concurrency", type=int, help="trajectories in flight at once (default: all)")
-    group.add_argument("--tool-workers", type=int, default=16, help="threads running tool calls")
+    group.add_argument("--tool-workers", type=int, default=16,
+                       help="threads running tool calls (0: inline, one at a time, in a deterministic order)")
 
 
 def env_settings(args) -> dict:
@@ -84,16 +86,18 @@ def load_policy(args):
         raise SystemExit(f"{args.model}: tokenizer has {tokenizer.vocab_size} tokens, the model only "
                          f"{model.config.vocab_size}")
     sampler = Sampler(model, max_cache_tokens=args.cache_tokens, max_batch_tokens=args.max_batch_tokens,
-                      max_num_seqs=args.max_num_seqs, stop_token_ids=(tokenizer.im_end_id,), seed=args.seed,
+                      max_num_seqs=args.max_num_seqs, stop_token_ids=tokenizer.stop_token_ids, seed=args.seed,
                       compile=args.compile)
     return model, tokenizer, sampler
 
 
 def sampling_params(args, greedy: bool = False) -> SamplingParams:
+    """The decoding options; --seed becomes the run's seed, from which the agent derives each question's."""
     if greedy:
         return SamplingParams(temperature=0.0)
     return SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, min_p=args.min_p,
-                          presence_penalty=args.presence_penalty, repetition_penalty=args.repetition_penalty)
+                          presence_penalty=args.presence_penalty, repetition_penalty=args.repetition_penalty,
+                          seed=args.seed)
 
 
 def agent_config(args) -> AgentConfig:

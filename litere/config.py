@@ -170,7 +170,7 @@ def _fields_from_hf(d: dict) -> dict:
 
 
 PRESETS: dict[str, dict] = {
-    # Qwen3-4B-Thinking-2507 (PROTOCOL.md section 1): 4,022,468,096 parameters.
+    # Qwen3-4B-Thinking-2507 (docs/protocol.md section 1): 4,022,468,096 parameters.
     "qwen3-4b": dict(
         vocab_size=151936, hidden_size=2560, intermediate_size=9728, num_hidden_layers=36,
         num_attention_heads=32, num_key_value_heads=8, head_dim=128, rope_theta=5_000_000.0,

@@ -1,6 +1,19 @@
-"""Host-specific tuning for CPU runs, in one place, applied from outside the model.
+"""Host-specific tuning for CPU runs, in one place: bf16 detection, the allocator, small-row matmuls, argmax.
 
-What each setting buys was measured on 2-core cloud CPUs; BENCHMARKS.md has the figures.
+Each piece is a plain function; `linear` and `argmax` take the portable path off CPU (or where their tuning does not
+pay), so the code that calls them states no host special case:
+- `has_bf16`: the trainer's choice of precision on CPU.
+- `retain_freed_memory`: the sampler calls it when it is built on CPU.
+- `linear`: model.py takes its matrix products from here (`from .cpu import linear`). The layout it picks is a pure
+  function of the operands' shapes, dtype and device (and of whether torch.compile is tracing), so the trainer, the
+  eager sampler and the compiled decode step round the same product the same way, as before it moved here. A hook
+  or strategy that the sampler sets on the model would make the model's arithmetic depend on who configured it (the
+  trainer's forward could round differently from the sampler's) and would add mutable state to choose among one
+  implementation; an import keeps one code path and leaves model.py free of the host's reasons.
+- `argmax`: sampling.py's greedy path.
+
+What each setting buys was measured on 2-core cloud CPUs (the sampler section of BENCHMARKS.md has the figures);
+gains differ between CPUs, so re-measure before widening a threshold.
 """
 from __future__ import annotations
 
@@ -8,6 +21,9 @@ import ctypes
 import ctypes.util
 import sys
 from pathlib import Path
+
+import torch
+import torch.nn.functional as F
 
 
 def has_bf16() -> bool:
@@ -34,3 +50,38 @@ def retain_freed_memory():
         libc.mallopt(-1, 2**31 - 1)  # M_TRIM_THRESHOLD: never return the heap's top to the OS
     except (OSError, AttributeError, TypeError):
         pass
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """F.linear for a (rows, in) input, without bias.
+
+    With 16-32 fp32 rows on CPU (decode batches) it computes (weight @ x.T).T instead, a layout that MKL's sgemm ran
+    faster for so few rows on the Xeon it was tuned on; outside that range it was slower or not reliably faster. The
+    result may then be a transposed (non-contiguous) view. Under torch.compile the row range becomes a guard (one
+    graph per range), and only weights of 1,024+ inputs take the transposed layout: for the small `tiny` preset the
+    transposed activations slowed the fused kernels more than the matmuls gained, while the `qwen3-0.6b` shape
+    gained. Other CPUs may rank the layouts differently: measure there before widening the range.
+    """
+    if (x.dtype == torch.float32 and x.device.type == "cpu"
+            and (weight.shape[1] >= 1024 or not torch.compiler.is_compiling()) and 16 <= x.shape[0] <= 32):
+        return torch.mm(weight, x.t()).t()
+    return F.linear(x, weight)
+
+
+_ARGMAX_BLOCK = 128
+
+
+def argmax(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row-wise (first) argmax and maximum of (B, V) values.
+
+    On CPU torch's argmax is a scalar loop, slow over a vocabulary of 100k+ entries; for large vocabularies the
+    maximal 128-wide block is found first with a vectorised amax, then the argmax runs within that block only.
+    """
+    n_rows, width = x.shape
+    if x.device.type != "cpu" or width < 32 * _ARGMAX_BLOCK or width % _ARGMAX_BLOCK:
+        top, index = x.max(-1)
+        return index, top
+    blocks = x.view(n_rows, width // _ARGMAX_BLOCK, _ARGMAX_BLOCK)
+    top, block = blocks.amax(-1).max(-1)  # the first block that holds the maximum
+    within = blocks[torch.arange(n_rows, device=x.device), block].argmax(-1)
+    return block * _ARGMAX_BLOCK + within, top

@@ -9,11 +9,11 @@ from pathlib import Path
 from .agent.loop import Agent, AgentConfig
 from .agent.trajectory import Trajectory, write_trajectories
 from .questions import Question
-from .reward import score_trajectories
+from .reward import answered, score_trajectories
 
 
 def eval_sampling_params(greedy: bool = False, **overrides):
-    """PROTOCOL.md section 7 decoding: temperature 0.6, top_p 0.95, top_k 20, presence penalty 1.1."""
+    """docs/protocol.md section 7 decoding: temperature 0.6, top_p 0.95, top_k 20, presence penalty 1.1."""
     from .sampler import SamplingParams
 
     base = dict(temperature=0.0) if greedy else dict(temperature=0.6, top_p=0.95, top_k=20, presence_penalty=1.1)
@@ -25,11 +25,12 @@ def evaluate(model, tokenizer, questions: list[Question], env, k: int = 4, *, pa
              title: str = "Evaluation", run_info: dict | None = None) -> dict:
     """Roll out k samples per question in eval mode, judge them (exact match unless `judge` is given) and return
     the report of `summarize` (plus `run_info` under "run"). With `out_dir`, also writes
-    trajectories.jsonl, report.json and report.md there."""
+    trajectories.jsonl, report.json and report.md there. The default limits are the protocol's: 100 model calls
+    and no response budget of its own (the context bounds a trajectory)."""
     from .reward import ExactMatchJudge
     from .sampler import Sampler
 
-    config = config or AgentConfig(mode="eval", max_turns=100)
+    config = config or AgentConfig(mode="eval", max_turns=100, max_response_tokens=None)
     if sampler is None:
         sampler = Sampler(model)
     agent = Agent(sampler, tokenizer, env, params or eval_sampling_params(), config)
@@ -85,7 +86,11 @@ def _accuracy(groups: dict[str, list[float]], k: int) -> dict:
 
 def summarize(trajectories: list, k: int | None = None) -> dict:
     """The evaluation report of scored trajectories: avg@k (correct / all rollouts), pass@k (unbiased, over each
-    question's samples), accuracy per data_source, termination histogram, per-trajectory sizes, tool latency."""
+    question's samples), accuracy per data_source, termination and judge-method histograms, per-trajectory sizes,
+    calls and latency per tool.
+
+    Per trajectory, `assistant_turns` counts model calls; `turns_original` counts turns as the original (and the
+    paper's turn figures) do: user turns after the prompt + assistant turns + 1 (Trajectory.turns_original)."""
     unscored = [t.question_id for t in trajectories if t.reward is None]
     if unscored:
         raise ValueError(f"{len(unscored)} trajectories are not scored yet (e.g. question {unscored[0]!r})")
@@ -106,11 +111,12 @@ def summarize(trajectories: list, k: int | None = None) -> dict:
         "k": k,
         **_accuracy(groups, k),
         "by_data_source": {src: _accuracy(g, k) for src, g in sorted(by_source.items())},
-        "answered": sum(t.answer is not None for t in trajectories) / max(1, len(trajectories)),
+        "answered": sum(answered(t.answer) for t in trajectories) / max(1, len(trajectories)),
         "termination": dict(Counter(t.termination for t in trajectories).most_common()),
         "judge": dict(Counter((t.judge or {}).get("method", "none") for t in trajectories).most_common()),
         "per_trajectory": {
-            "turns": _spread([t.num_turns for t in trajectories]),
+            "assistant_turns": _spread([t.num_turns for t in trajectories]),
+            "turns_original": _spread([t.turns_original for t in trajectories]),
             "tool_calls": _spread([len(t.tool_calls) for t in trajectories]),
             "response_tokens": _spread([len(t.response_ids) for t in trajectories]),
             "sampled_tokens": _spread([t.sampled_tokens for t in trajectories]),
@@ -120,6 +126,10 @@ def summarize(trajectories: list, k: int | None = None) -> dict:
                          "latency_s": _spread([c.latency_s for c in calls])}
                   for name, calls in sorted(tools.items())},
     }
+
+
+_ROW_LABELS = {"assistant_turns": "assistant turns (model calls)",
+               "turns_original": "turns_original (user turns after the prompt + assistant + 1; the paper's measure)"}
 
 
 def report_markdown(report: dict, title: str = "Evaluation") -> str:
@@ -136,7 +146,8 @@ def report_markdown(report: dict, title: str = "Evaluation") -> str:
     lines += [f"| {reason} | {count} |" for reason, count in report["termination"].items()]
     lines += ["", "| per trajectory | mean | p50 | p95 | max |", "|---|---:|---:|---:|---:|"]
     for name, s in report["per_trajectory"].items():
-        lines.append(f"| {name} | {s['mean']:.1f} | {s['p50']:.1f} | {s['p95']:.1f} | {s['max']:.1f} |")
+        label = _ROW_LABELS.get(name, name)
+        lines.append(f"| {label} | {s['mean']:.1f} | {s['p50']:.1f} | {s['p95']:.1f} | {s['max']:.1f} |")
     if report["tools"]:
         lines += ["", "| tool | calls | success | latency mean (ms) | p50 | p95 |", "|---|---:|---:|---:|---:|---:|"]
         for name, s in report["tools"].items():

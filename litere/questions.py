@@ -1,9 +1,11 @@
-"""Question files: JSON lines and the LiteResearcher-Data parquet schema (PROTOCOL.md section 5).
+"""Question files: JSON lines and the LiteResearcher-Data parquet schema (docs/protocol.md sections 5 and 7).
 
 JSON lines: `{"id", "question", "answers": [...] (or "answer": str | list), "data_source", "mask_url", "env"}`;
 `env` (optional) is the environment of that question — a database path relative to the question file, or a URL —
 and overrides the default one. Parquet rows: `prompt` (chat messages), `data_source`,
-`reward_model.ground_truth.target` (answers), `extra_info.{index, question, mask_url}`; reading them needs pyarrow.
+`reward_model.ground_truth.target` (answers), `extra_info.{index, question, mask_url}`; the mask URL falls back to
+`extra_info.url`, then to the search tool's `tools_kwargs.search.create_kwargs.url` (under `extra_info` or at the
+row's top level). Reading parquet needs pyarrow.
 """
 from __future__ import annotations
 
@@ -108,8 +110,19 @@ def _read_parquet(path: Path) -> list[Question]:
         questions.append(Question(
             id=str(extra["index"]) if extra.get("index") is not None else str(row_no), question=question,
             answers=_answers(truth, f"{where}: reward_model.ground_truth.target"),
-            data_source=row.get("data_source"), mask_url=extra.get("mask_url") or None))
+            data_source=row.get("data_source"), mask_url=_parquet_mask_url(row, extra)))
     return questions
+
+
+def _parquet_mask_url(row: dict, extra: dict) -> str | None:
+    """extra_info.mask_url, else extra_info.url, else tools_kwargs.search.create_kwargs.url (tools_kwargs under
+    extra_info first, then at the top level); empty values count as absent."""
+    candidates = [extra.get("mask_url"), extra.get("url")]
+    for tools in (extra.get("tools_kwargs"), row.get("tools_kwargs")):
+        search = tools.get("search") if isinstance(tools, dict) else None
+        create = search.get("create_kwargs") if isinstance(search, dict) else None
+        candidates.append(create.get("url") if isinstance(create, dict) else None)
+    return next((url for url in candidates if isinstance(url, str) and url), None)
 
 
 def _question_from_prompt(prompt, where: str) -> str:

@@ -1,8 +1,9 @@
-"""Rewards (PROTOCOL.md section 4): answer extraction, normalised matching and judges.
+"""Rewards (docs/protocol.md section 4): answer extraction, normalised matching and judges.
 
 The reward is binary: 1 when the last `<answer>…</answer>` of a response is judged equivalent to one of the
-labelled answers. Judges: normalised exact match; an LLM behind an OpenAI-compatible endpoint (falling back to
-exact match when it fails); a local litere model. Every judge call returns a record that keeps the raw replies.
+labelled answers; no answer (none, or an empty one) is 0 without asking a judge. Judges: normalised exact match;
+an LLM behind an OpenAI-compatible endpoint (exact match only when the endpoint cannot be reached); a local litere
+model. Every judge call returns a record that keeps the raw replies.
 """
 from __future__ import annotations
 
@@ -24,21 +25,27 @@ _ARTICLES = re.compile(r"\b(a|an|the)\b")
 
 # --- answers --------------------------------------------------------------------------------------------------
 def extract_answer(text: str) -> str | None:
-    """The stripped content of the last complete `<answer>…</answer>` anywhere in `text`, or None."""
+    """The stripped content of the last complete `<answer>…</answer>` anywhere in `text`; None when there is none
+    or the last one is empty."""
     matches = ANSWER_RE.findall(text)
-    return matches[-1].strip() if matches else None
+    return (matches[-1].strip() or None) if matches else None
+
+
+def answered(prediction: str | None) -> bool:
+    """Whether a prediction is an answer at all (records written before empty answers became None may hold "")."""
+    return prediction is not None and prediction.strip() != ""
 
 
 def normalize_answer(text: str) -> str:
-    """Lowercase, drop punctuation (ASCII and Unicode), drop the articles a/an/the, collapse whitespace."""
-    text = text.lower()
-    text = "".join(" " if ch in string.punctuation or unicodedata.category(ch).startswith("P") else ch
-                   for ch in text)
+    """Lowercase, delete punctuation (ASCII and Unicode P*, leaving no space: "U.S." -> "us"), drop the articles
+    a/an/the, collapse whitespace."""
+    text = "".join(ch for ch in text.lower()
+                   if ch not in string.punctuation and not unicodedata.category(ch).startswith("P"))
     return " ".join(_ARTICLES.sub(" ", text).split())
 
 
 def exact_match(prediction: str | None, targets: list[str]) -> bool:
-    if prediction is None:
+    if not answered(prediction):
         return False
     pred = normalize_answer(prediction)
     return any(pred == normalize_answer(t) for t in targets)
@@ -46,7 +53,7 @@ def exact_match(prediction: str | None, targets: list[str]) -> bool:
 
 def token_f1(prediction: str | None, targets: list[str]) -> float:
     """Best bag-of-tokens F1 of the normalised prediction against any target (0 for no prediction)."""
-    if prediction is None or not targets:
+    if not answered(prediction) or not targets:
         return 0.0
     pred = normalize_answer(prediction).split()
     best = 0.0
@@ -63,17 +70,13 @@ def token_f1(prediction: str | None, targets: list[str]) -> float:
 
 
 # --- judges ---------------------------------------------------------------------------------------------------
-JUDGE_SYSTEM = "You grade answers to research questions. You reply with one JSON object and nothing else."
-JUDGE_TEMPLATE = """Question: {question}
-Labelled answer(s): {targets}
-Predicted answer: {prediction}
-
-Decide whether the predicted answer means the same as the labelled answer (any one of them, if several are given).
-Differences in wording, formatting, capitalisation or units that do not change the meaning are fine; a prediction
-that is vaguer, partly wrong or names something else is incorrect.
-Reply with JSON only, in this form:
-{{"reasoning": "<one or two sentences>", "judgment": "Correct"}}
-where judgment is exactly "Correct" or "Incorrect"."""
+JUDGE_PROMPT = (  # the original's judge prompt, word for word (docs/protocol.md section 4)
+    "You are an evaluation assistant. Please determine if the predicted answer is equivalent to the labeled answer.\n\n"
+    "Question: {question}\n\n"
+    "Labeled Answer: {reference}\n\n"
+    "Predicted Answer: {prediction}\n\n"
+    "Did the model give an answer **equivalent** to the labeled answer? Please respond with \"Correct\" if they are "
+    "equivalent, or \"Incorrect\" if they are not equivalent. Do not include any other text.\n")
 
 
 @dataclass
@@ -84,18 +87,22 @@ class JudgeItem:
 
 
 class JudgeReplyError(ValueError):
-    """A judge reply carries no usable {reasoning, judgment} JSON."""
+    """A judge reply carries no verdict."""
 
 
 def judge_messages(item: JudgeItem) -> list[dict]:
-    user = JUDGE_TEMPLATE.format(question=item.question, targets=", ".join(item.targets),
-                                 prediction=item.prediction)
-    return [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": user}]
+    """The original's judge prompt as one user message, the labelled answers joined by ", "."""
+    user = JUDGE_PROMPT.format(question=item.question, reference=", ".join(item.targets), prediction=item.prediction)
+    return [{"role": "user", "content": user}]
 
 
 def parse_judgment(reply: str) -> tuple[bool, str]:
-    """(correct, reasoning) from a judge reply; tolerates thinking blocks, code fences and text around the JSON."""
+    """(correct, reasoning) from a judge reply: the bare `Correct` / `Incorrect` the prompt asks for (quotes, bold
+    and a final period tolerated), or a JSON object {"reasoning", "judgment"}; thinking blocks are skipped."""
     text = reply.rsplit("</think>", 1)[-1]
+    verdict = text.strip().strip("*\"'`").rstrip(".").lower()
+    if verdict in ("correct", "incorrect"):
+        return verdict == "correct", ""
     decoder = json.JSONDecoder()
     for start in [i for i, ch in enumerate(text) if ch == "{"]:
         try:
@@ -107,32 +114,35 @@ def parse_judgment(reply: str) -> tuple[bool, str]:
             if verdict in ("correct", "incorrect"):
                 return verdict == "correct", str(obj.get("reasoning", ""))
             raise JudgeReplyError(f"judgment must be Correct or Incorrect, got {obj['judgment']!r}")
-    raise JudgeReplyError(f"no JSON object with a judgment in the reply {reply[:200]!r}")
+    raise JudgeReplyError(f"no Correct / Incorrect verdict in the reply {reply[:200]!r}")
+
+
+def _record(method: str, correct: bool, replies=(), reasoning: str = "", error: str | None = None) -> dict:
+    return {"method": method, "correct": correct, "replies": list(replies), "reasoning": reasoning, "error": error}
 
 
 def _no_answer_record() -> dict:
-    return {"method": "no_answer", "correct": False, "replies": [], "reasoning": "no <answer> in the response",
-            "error": None}
+    return _record("no_answer", False, reasoning="no answer: no <answer>…</answer>, or an empty one")
 
 
-def _exact_match_record(item: JudgeItem, error: str | None = None, replies=()) -> dict:
-    return {"method": "exact_match", "correct": exact_match(item.prediction, item.targets), "replies": list(replies),
-            "reasoning": "normalised exact match", "error": error}
+def _exact_match_record(item: JudgeItem, method: str = "exact_match", error: str | None = None, replies=()) -> dict:
+    return _record(method, exact_match(item.prediction, item.targets), replies, "normalised exact match", error)
 
 
 class ExactMatchJudge:
     name = "exact_match"
 
     def judge_many(self, items: list[JudgeItem]) -> list[dict]:
-        return [_no_answer_record() if it.prediction is None else _exact_match_record(it) for it in items]
+        return [_exact_match_record(it) if answered(it.prediction) else _no_answer_record() for it in items]
 
 
 class OpenAIJudge:
     """An LLM judge behind an OpenAI-compatible `/v1/chat/completions` endpoint (standard-library HTTP).
 
-    Each item is tried up to 1 + `retries` times (transport errors, HTTP errors and unusable replies alike); if all
-    fail, the record falls back to normalised exact match and says why. At most `max_concurrency` requests are in
-    flight at once.
+    Each item is tried up to 1 + `retries` times, until a reply holds a verdict. A judge that answered but never
+    gave a verdict counts as Incorrect (method "llm", with the replies and the reason). Only when no try reached
+    the endpoint (transport or HTTP errors every time) does the record fall back to normalised exact match
+    (method "exact_match_fallback"). At most `max_concurrency` requests are in flight at once.
     """
     name = "llm"
 
@@ -146,6 +156,8 @@ class OpenAIJudge:
         self.max_concurrency = max_concurrency
 
     def _post(self, messages: list[dict]) -> str:
+        """The reply's text; OSError / HTTPException when the endpoint cannot be reached or answers with an HTTP
+        error, JudgeReplyError when its answer is not a chat completion."""
         body = json.dumps({"model": self.model, "messages": messages, "temperature": 0.0,
                            "max_tokens": self.max_tokens}).encode()
         headers = {"Content-Type": "application/json"}
@@ -153,36 +165,44 @@ class OpenAIJudge:
             headers["Authorization"] = f"Bearer {self.api_key}"
         request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
         with urllib.request.urlopen(request, timeout=self.timeout) as response:
-            payload = json.loads(response.read().decode("utf-8"))
+            raw = response.read()
         try:
-            return payload["choices"][0]["message"]["content"] or ""
-        except (KeyError, IndexError, TypeError):
-            raise JudgeReplyError(f"response has no choices[0].message.content: {str(payload)[:200]}") from None
+            return json.loads(raw.decode("utf-8"))["choices"][0]["message"]["content"] or ""
+        except (ValueError, KeyError, IndexError, TypeError):
+            raise JudgeReplyError(f"the answer is not a chat completion: {raw[:200]!r}") from None
 
     def judge(self, item: JudgeItem) -> dict:
-        if item.prediction is None:
+        if not answered(item.prediction):
             return _no_answer_record()
         replies: list[str] = []
+        reached = False
         error = None
         for attempt in range(self.retries + 1):
             if attempt:
                 time.sleep(self.backoff * 2 ** (attempt - 1))
             try:
                 reply = self._post(judge_messages(item))
-            except (OSError, ValueError, http.client.HTTPException) as e:
-                # timeouts, refused connections and HTTP status errors are OSErrors; bad JSON is a ValueError
+            except JudgeReplyError as e:  # reached, but the answer is not a completion
+                reached, error = True, str(e)
+                replies.append(f"[bad answer] {error}")
+                continue
+            except (OSError, ValueError, http.client.HTTPException) as e:  # timeouts, refusals, HTTP errors, bad URLs
                 error = f"{type(e).__name__}: {e}"
                 replies.append(f"[request failed] {error}")
                 continue
+            reached = True
             replies.append(reply)
             try:
                 correct, reasoning = parse_judgment(reply)
             except JudgeReplyError as e:
                 error = str(e)
                 continue
-            return {"method": "llm", "correct": correct, "replies": replies, "reasoning": reasoning, "error": None}
-        return _exact_match_record(item, error=f"judge failed after {self.retries + 1} tries ({error}); "
-                                               "fell back to exact match", replies=replies)
+            return _record("llm", correct, replies, reasoning)
+        tries = f"{self.retries + 1} tries"
+        if reached:
+            return _record("llm", False, replies, error=f"no verdict after {tries} ({error}); counted as Incorrect")
+        return _exact_match_record(item, "exact_match_fallback", replies=replies,
+                                   error=f"judge unreachable after {tries} ({error}); fell back to exact match")
 
     def judge_many(self, items: list[JudgeItem]) -> list[dict]:
         with ThreadPoolExecutor(max_workers=max(1, self.max_concurrency)) as pool:
@@ -190,7 +210,8 @@ class OpenAIJudge:
 
 
 class LocalJudge:
-    """The same judge prompt answered greedily by a local litere model through the sampler."""
+    """The same judge prompt answered greedily by a local litere model through the sampler; a reply without a
+    verdict counts as Incorrect (greedy decoding would give the same reply again)."""
     name = "local"
 
     def __init__(self, sampler, tokenizer, *, max_new_tokens: int = 1024):
@@ -200,13 +221,13 @@ class LocalJudge:
     def judge_many(self, items: list[JudgeItem]) -> list[dict]:
         from .sampler import SamplingParams
 
-        records: list[dict | None] = [_no_answer_record() if it.prediction is None else None for it in items]
+        records: list[dict | None] = [None if answered(it.prediction) else _no_answer_record() for it in items]
         todo = [i for i, r in enumerate(records) if r is None]
         if todo:
             prompts = [self.tokenizer.encode_messages(judge_messages(items[i]), add_generation_prompt=True)
                        for i in todo]
             params = SamplingParams(temperature=0.0, max_new_tokens=self.max_new_tokens,
-                                    stop_token_ids=(self.tokenizer.im_end_id,))
+                                    stop_token_ids=self.tokenizer.stop_token_ids)
             with self._lock:
                 outputs = self.sampler.generate(prompts, params)
             for i, out in zip(todo, outputs):
@@ -214,11 +235,9 @@ class LocalJudge:
                 try:
                     correct, reasoning = parse_judgment(reply)
                 except JudgeReplyError as e:
-                    records[i] = _exact_match_record(items[i], error=f"{e}; fell back to exact match",
-                                                     replies=[reply])
+                    records[i] = _record("local", False, [reply], error=f"{e}; counted as Incorrect")
                     continue
-                records[i] = {"method": "local", "correct": correct, "replies": [reply], "reasoning": reasoning,
-                              "error": None}
+                records[i] = _record("local", correct, [reply], reasoning)
         return records
 
 

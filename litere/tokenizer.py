@@ -1,7 +1,7 @@
 """Tokenizer (tokenizer.json through `tokenizers`) and the Qwen3 chat layout rendered in Python.
 
 The agent works token-in/token-out: it never re-renders history, it appends the ids of each new segment. The
-helpers here produce those segments exactly as PROTOCOL.md section 2 lays them out.
+helpers here produce those segments exactly as docs/protocol.md section 2 lays them out.
 """
 from __future__ import annotations
 
@@ -53,6 +53,11 @@ class Tokenizer:
         return cls.from_file(Path(path) / "tokenizer.json")
 
     @property
+    def stop_token_ids(self) -> tuple[int, int]:
+        """The tokens that end an assistant turn: <|im_end|> and <|endoftext|> (docs/protocol.md section 2)."""
+        return self.im_end_id, self.endoftext_id
+
+    @property
     def vocab_size(self) -> int:
         return self.hf.get_vocab_size(with_added_tokens=True)
 
@@ -78,7 +83,7 @@ class Tokenizer:
                                    {"role": "user", "content": user_prefix + question}], add_generation_prompt=True))
 
     def tool_response_ids(self, text: str) -> list[int]:
-        """The tool result as one user turn, opening the next assistant turn (PROTOCOL.md section 2)."""
+        """The tool result as one user turn, opening the next assistant turn (docs/protocol.md section 2)."""
         return self.encode(tool_response_turn(text))
 
     def encode_messages(self, messages: list[dict], add_generation_prompt: bool = False) -> list[int]:
@@ -128,7 +133,7 @@ def _merge_tools(messages: list[dict]) -> list[dict]:
         if not isinstance(content, str):
             raise ValueError(f"message content must be a string, got {type(content).__name__} for role {role!r}")
         if role == "tool":
-            block = f"<tool_response>\n{content}\n</tool_response>"
+            block = tool_response_block(content)
             if merged and merged[-1].get("tool"):
                 merged[-1]["content"] += "\n" + block
             else:
@@ -145,6 +150,12 @@ def render(messages: list[dict], add_generation_prompt: bool = False) -> str:
     return text + GENERATION_PROMPT if add_generation_prompt else text
 
 
+def tool_response_block(text: str) -> str:
+    """One tool result as the user turn's content shows it."""
+    return f"<tool_response>\n{text}\n</tool_response>"
+
+
 def tool_response_turn(text: str) -> str:
-    # Generation stopped on <|im_end|>, so the newline that ends the assistant turn comes first.
-    return f"\n<|im_start|>user\n<tool_response>\n{text}\n</tool_response><|im_end|>\n{GENERATION_PROMPT}"
+    """The forced segment after an assistant turn: the tool result as a user turn, then the next assistant turn
+    opened. Generation stopped on a stop token, so the newline that ends the assistant turn comes first."""
+    return f"\n<|im_start|>user\n{tool_response_block(text)}<|im_end|>\n{GENERATION_PROMPT}"

@@ -58,24 +58,33 @@ def tiny_overrides(tmp: Path, **extra) -> list[str]:
     return out + [f"arch.{k}={v}" for k, v in arch.items()] if settings["model_preset"] else out
 
 
-def run_train(args: list[str], nproc: int = 0, timeout: float = 240, **popen) -> subprocess.CompletedProcess:
-    """train.py in a subprocess: plain python (nproc=0) or torchrun with nproc gloo processes."""
+def run_python(args: list[str], nproc: int = 0, timeout: float = 240, **popen) -> subprocess.CompletedProcess:
+    """A Python script with its arguments in a subprocess: plain python (nproc=0) or torchrun with nproc gloo
+    processes."""
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
                                                            "MASTER_PORT")}
     env["OMP_NUM_THREADS"] = "1"
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc \
         else [sys.executable]
-    return subprocess.run([*launcher, str(REPO / "train.py"), "--stage", "sft", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=timeout, **popen)
+    return subprocess.run([*launcher, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
+                          **popen)
+
+
+def run_train(args: list[str], nproc: int = 0, timeout: float = 240, **popen) -> subprocess.CompletedProcess:
+    """train.py in a subprocess: plain python (nproc=0) or torchrun with nproc gloo processes."""
+    return run_python([str(REPO / "train.py"), "--stage", "sft", *args], nproc, timeout, **popen)
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
 
 
 def losses(run_dir: Path) -> dict[int, float]:
-    """Loss of each step in metrics.jsonl (the last record of a step wins: a resumed run repeats steps)."""
-    out = {}
-    for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        out[record["step"]] = record["loss"]
-    return out
+    """Loss of each step in metrics.jsonl, which must hold each step once, in order (a resumed run too)."""
+    records = metrics(run_dir)
+    steps = [r["step"] for r in records]
+    assert steps == sorted(set(steps)), f"metrics.jsonl steps {steps}"
+    return {r["step"]: r["loss"] for r in records}
 
 
 def make_data(tmp: Path, n: int = 40) -> Path:

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from litere.agent import (CONTEXT_LIMIT_REMINDER, Agent, AgentConfig, ToolCall, Trajectory, parse_tool_call,
-                          read_trajectories, write_trajectories)
+from litere.agent import (CONTEXT_LIMIT_REMINDER, MALFORMED_CALL, TOOL_ERROR, Agent, AgentConfig, ToolCall,
+                          Trajectory, check_trainable, execute_tool, parse_tool_call, question_seed, read_trajectories,
+                          turn_answers, write_trajectories)
+from litere.env.formats import as_list
 from litere.questions import Question
 from litere.tokenizer import Tokenizer, render, tool_response_turn
 
@@ -27,8 +29,14 @@ def tok():
 @dataclass
 class Params:  # the fields of SamplingParams the agent touches
     temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    presence_penalty: float = 0.0
+    repetition_penalty: float = 1.0
     max_new_tokens: int = 256
     stop_token_ids: tuple | None = None
+    seed: int | None = None
 
 
 @dataclass
@@ -41,17 +49,22 @@ class Output:
 
 class ScriptedSampler:
     """Follows `policy(question, turn, context_text) -> assistant text`, `chunk` tokens per request per step, with
-    the real sampler's contract: max_new_tokens is honoured, held requests pause, extend resumes, release frees."""
+    the real sampler's contract: max_new_tokens is honoured, held requests pause, extend resumes, release frees.
+    `stop(turn)` is the stop token that closes a turn (<|im_end|> by default)."""
 
-    def __init__(self, tok, policy, chunk=16, step_seconds=0.0):
+    def __init__(self, tok, policy, chunk=16, step_seconds=0.0, stop=None):
         self.tok, self.policy, self.chunk, self.step_seconds = tok, policy, chunk, step_seconds
+        self.stop = stop or (lambda turn: tok.im_end_id)
         self.requests: dict[int, dict] = {}
         self._ids = itertools.count()
         self.max_live = 0
         self.steps = 0
+        self.seeds = []  # params.seed of every add
 
     def add(self, prompt_ids, params, *, n=1, resumable=False):
-        assert resumable and params.max_new_tokens >= 1 and params.stop_token_ids == (self.tok.im_end_id,)
+        assert resumable and params.max_new_tokens >= 1
+        assert params.stop_token_ids == (self.tok.im_end_id, self.tok.endoftext_id)
+        self.seeds.append(params.seed)
         rids = []
         for _ in range(n):
             rid = next(self._ids)
@@ -73,7 +86,7 @@ class ScriptedSampler:
             if r["todo"] is None:
                 text = self.tok.decode(r["context"])
                 question = re.search(r"Question: (.*?)<\|im_end\|>", text).group(1)
-                r["todo"] = self.tok.encode(self.policy(question, r["turn"], text)) + [self.tok.im_end_id]
+                r["todo"] = self.tok.encode(self.policy(question, r["turn"], text)) + [self.stop(r["turn"])]
                 r["done"] = []
             room = r["params"].max_new_tokens - len(r["done"])
             r["done"] += r["todo"][len(r["done"]):len(r["done"]) + min(self.chunk, room)]
@@ -136,11 +149,11 @@ def scripted(turns):
     return lambda question, turn, context: turns[min(turn, len(turns) - 1)]
 
 
-def run(tok, policy, config=None, env=None, questions=None, n=1, sampler=None, **kw):
+def run(tok, policy, config=None, env=None, questions=None, n=1, sampler=None, params=None, **kw):
     sampler = sampler or ScriptedSampler(tok, policy, **kw)
     env = env or FakeEnv()
     questions = questions or [Question("q1", "Who founded Ixo?", ["Bo Lin"], "mini", "w/ixo-src")]
-    trajs = Agent(sampler, tok, env, Params(), config or AgentConfig()).run(questions, n=n)
+    trajs = Agent(sampler, tok, env, params or Params(), config or AgentConfig()).run(questions, n=n)
     assert not sampler.requests, "every request is released"
     return trajs, env, sampler
 
@@ -198,6 +211,7 @@ def test_answer_wins_over_a_call_in_the_same_turn(tok):
 def test_max_turns(tok):
     (t,), env, _ = run(tok, scripted([SEARCH]), AgentConfig(max_turns=3))
     assert (t.termination, t.num_turns, len(t.tool_calls), len(env.calls)) == ("max_turns", 3, 2, 2)
+    assert t.turns_original == 2 * 3  # the original's count: 2 tool turns + 3 assistant turns + 1
     check_alignment(t)
 
 
@@ -225,6 +239,12 @@ def test_context_limit_in_training(tok):
     assert len(t.prompt_ids) + len(t.response_ids) <= config.max_context_tokens
 
 
+def test_the_reminder_is_the_originals():
+    assert CONTEXT_LIMIT_REMINDER == (
+        "You have now reached the maximum context length. Stop making tool calls and provide your best answer in this "
+        "format: <think>your final thinking</think>\n<answer>your answer</answer>")
+
+
 def test_context_limit_in_eval_asks_for_a_final_answer(tok):
     q = Question("q1", "Who founded Ixo?", ["Bo Lin"])
     prompt = len(tok.prompt_ids(q.question))
@@ -238,7 +258,7 @@ def test_context_limit_in_eval_asks_for_a_final_answer(tok):
     assert t.turns[-2] == {"role": "user", "content": CONTEXT_LIMIT_REMINDER}
     assert len(t.prompt_ids) + len(t.response_ids) <= config.max_context_tokens
     text = tok.decode(t.response_ids)
-    assert text.endswith(f"</tool_call><|im_end|>\n<|im_start|>user\n{CONTEXT_LIMIT_REMINDER}<|im_end|>\n"
+    assert text.endswith(f"<|im_end|>\n<|im_start|>user\n{CONTEXT_LIMIT_REMINDER}<|im_end|>\n"
                          f"<|im_start|>assistant\n<think>\n{ANSWER}<|im_end|>")
     check_alignment(t)
 
@@ -285,8 +305,8 @@ def test_bad_arguments_are_tool_errors(tok):
     turns = [think("a") + call("search", q=["x"]), think("b") + call("visit", url=["u"]), ANSWER]
     (t,), env, _ = run(tok, scripted(turns))
     assert t.termination == "answer" and env.calls == [] and not any(c.success for c in t.tool_calls)
-    assert "search needs arguments.query" in t.tool_calls[0].error
-    assert "visit needs arguments.goal" in t.tool_calls[1].error
+    assert "'query' must be a string or a non-empty list of strings" in t.tool_calls[0].error
+    assert "'goal' must be a string" in t.tool_calls[1].error
 
 
 def test_malformed_call_ends_training_but_not_eval(tok):
@@ -294,8 +314,17 @@ def test_malformed_call_ends_training_but_not_eval(tok):
     (t,), _, _ = run(tok, scripted([bad, ANSWER]))
     assert t.termination == "no_tool_call" and "not valid JSON" in t.error
     (t,), _, _ = run(tok, scripted([bad, ANSWER]), AgentConfig(mode="eval"))
-    assert t.termination == "answer" and t.tool_calls[0].name == "" and not t.tool_calls[0].success
+    assert t.termination == "answer" and t.tool_calls[0].name == MALFORMED_CALL and not t.tool_calls[0].success
     assert t.turns[1]["content"].startswith("Error when executing tool: tool call is not valid JSON")
+
+
+def test_tool_arguments_are_read_like_the_environment_reads_them():
+    for arguments, key in [({"query": []}, "query"), ({"url": 3, "goal": "g"}, "url")]:
+        with pytest.raises(ValueError) as expected:
+            as_list(arguments[key], key)
+        name = "search" if key == "query" else "visit"
+        text, success, _, _ = execute_tool(FakeEnv(), ToolCall(name, arguments), None)
+        assert not success and text == TOOL_ERROR.format(expected.value)
 
 
 def test_parse_tool_call_takes_the_first_valid_call():
@@ -383,3 +412,125 @@ def test_config_is_validated():
         AgentConfig(mode="serve")
     with pytest.raises(ValueError, match="max_turns"):
         AgentConfig(max_turns=0)
+
+
+# --- answer detection -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("turn,answers", [
+    (think("x") + "<answer>Bo Lin</answer>", True),
+    (think("I will put it in <answer>Bo Lin</answer> tags") + call("search", query="x"), False),
+    (think("x") + "<answer>Bo Lin", False),
+    (think("x") + "Bo Lin</answer>", False),
+    ("No thinking block: <answer>Bo Lin</answer>", True),  # no </think>: the whole turn counts
+    ("Still thinking about <answer> tags", False),
+])
+def test_turn_answers_looks_after_the_thinking(turn, answers):
+    assert turn_answers(turn) is answers
+
+
+def test_answer_tags_in_the_thinking_do_not_stop_the_tool_call(tok):
+    musing = think("I will put it in <answer> tags, like <answer>Ixo</answer>, once I know it")
+    turns = [musing + call("search", query=["Ixo founder"]), think("x") + "<answer>Bo " + call("search", query="y"),
+             ANSWER]
+    (t,), env, _ = run(tok, scripted(turns))
+    assert (t.termination, t.num_turns, len(env.calls), t.answer) == ("answer", 3, 2, "Bo Lin")
+
+
+def test_an_empty_answer_ends_the_episode_without_an_answer(tok):
+    (t,), _, _ = run(tok, scripted([think("x") + "<answer>  </answer>"]))
+    assert (t.termination, t.answer) == ("answer", None)
+
+
+def test_the_reminder_is_never_the_answer(tok):
+    q = Question("q1", "Who founded Ixo?", ["Bo Lin"])
+    prompt = len(tok.prompt_ids(q.question))
+
+    def policy(question, turn, context):  # the final call mentions <answer> only in its unfinished thinking
+        return "I should write <answer>" if CONTEXT_LIMIT_REMINDER in context else think("word " * 500)
+
+    config = AgentConfig(mode="eval", max_context_tokens=prompt + 300, final_answer_tokens=30)
+    (t,), _, _ = run(tok, policy, config, questions=[q])
+    assert "<answer>your answer</answer>" in tok.decode(t.response_ids)
+    assert (t.termination, t.answer) == ("context_limit", None)
+
+
+# --- stop tokens ----------------------------------------------------------------------------------------------
+def test_a_turn_may_end_on_endoftext(tok):
+    sampler = ScriptedSampler(tok, scripted([SEARCH, ANSWER]),
+                              stop=lambda turn: tok.endoftext_id if turn == 0 else tok.im_end_id)
+    (t,), env, _ = run(tok, None, sampler=sampler)
+    assert (t.termination, t.answer, len(env.calls)) == ("answer", "Bo Lin", 1)
+    assert t.turns[0]["content"] == SEARCH
+    tool_text = env.search(["Ixo founder"])
+    expected = SEARCH + "<|endoftext|>" + tool_response_turn(tool_text) + ANSWER + "<|im_end|>"
+    assert tok.decode(t.response_ids) == expected
+    end = t.response_ids.index(tok.endoftext_id)
+    assert t.response_mask[end] == 1 and t.response_mask[end + 1] == 0 and tok.decode([t.response_ids[end + 1]]) == "\n"
+    check_alignment(t)
+
+
+# --- sampling settings, seeds, policy version -----------------------------------------------------------------
+def test_each_question_gets_its_own_seeds_and_records_them(tok, tmp_path):
+    questions = [Question("a", "A?", ["Bo Lin"]), Question("b", "B?", ["x"])]
+    params = Params(temperature=0.7, top_p=0.95, top_k=20, presence_penalty=1.1, seed=5)
+    sampler = ScriptedSampler(tok, scripted([SEARCH, ANSWER]))
+    trajs = Agent(sampler, tok, FakeEnv(), params).run(questions, n=2, policy_version=3)
+    base_a, base_b = question_seed(5, "a"), question_seed(5, "b")
+    assert sampler.seeds == [base_a, base_b] and abs(base_a - base_b) > 2 and 0 <= base_a < 2 ** 63
+    assert question_seed(5, "a") == base_a and question_seed(6, "a") != base_a
+    assert [t.sampling["seed"] for t in trajs] == [base_a, base_a + 1, base_b, base_b + 1]
+    assert trajs[0].sampling == {"temperature": 0.7, "top_p": 0.95, "top_k": 20, "min_p": 0.0,
+                                 "presence_penalty": 1.1, "repetition_penalty": 1.0, "seed": base_a}
+    assert {t.policy_version for t in trajs} == {3}
+    path = tmp_path / "t.jsonl"
+    write_trajectories(trajs, path)
+    assert read_trajectories(path) == trajs
+    old = json.loads(path.read_text().splitlines()[0])
+    del old["sampling"], old["policy_version"]
+    back = Trajectory.from_dict(old)
+    assert (back.sampling, back.policy_version) == (None, None)
+
+
+def test_without_a_seed_the_sampler_seeds(tok):
+    sampler = ScriptedSampler(tok, scripted([ANSWER]))
+    (t,) = Agent(sampler, tok, FakeEnv(), Params()).run([Question("a", "A?", ["x"])])
+    assert sampler.seeds == [None] and t.sampling["seed"] is None and t.policy_version is None
+
+
+def test_check_trainable(tok):
+    trajs, _, _ = run(tok, scripted([ANSWER]), n=2, params=Params(temperature=0.7, seed=1))
+    check_trainable(trajs, 0.7)
+    with pytest.raises(ValueError, match="question 'q1' sample 0: sampled at temperature 0.7, but the trainer"):
+        check_trainable(trajs, 1.0)
+    greedy, _, _ = run(tok, scripted([ANSWER]), params=Params(temperature=0.0))
+    with pytest.raises(ValueError, match="greedy trajectories cannot be trained on: their logprobs are of argmax"):
+        check_trainable(trajs + greedy, 0.7)
+    trajs[1].sampling = None
+    with pytest.raises(ValueError, match="question 'q1' sample 1: the record lacks its sampling settings"):
+        check_trainable(trajs, 0.7)
+
+
+# --- inline tools ---------------------------------------------------------------------------------------------
+def test_inline_tools_give_the_same_trajectories_as_threaded_ones(tok):
+    questions = [Question(f"q{i}", f"Who founded Ixo {i}?", ["Bo Lin"]) for i in range(3)]
+    turns = [SEARCH, think("b") + call("visit", url="w/ixo", goal="founder"), ANSWER]
+
+    def rollout(workers):
+        env = FakeEnv()
+        threads = set()
+        search = env.search
+        env.search = lambda queries, mask_url=None: threads.add(threading.current_thread()) or search(queries, mask_url)
+        trajs, _, _ = run(tok, scripted(turns), AgentConfig(tool_workers=workers), env=env, questions=questions, n=2,
+                          params=Params(seed=7))
+        for t in trajs:
+            t.elapsed_s = 0.0
+            for c in t.tool_calls:
+                c.latency_s = 0.0
+        return trajs, threads
+
+    inline, threads = rollout(0)
+    assert threads == {threading.main_thread()}
+    threaded, threads = rollout(4)
+    assert threading.main_thread() not in threads
+    assert inline == threaded and all(t.termination == "answer" and len(t.tool_calls) == 2 for t in inline)
+    with pytest.raises(ValueError, match="tool_workers"):
+        AgentConfig(tool_workers=-1)

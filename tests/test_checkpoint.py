@@ -11,7 +11,7 @@ from litere.train.distributed import DistEnv
 from litere.tokenizer import Tokenizer
 from litere.weights import load_model
 from model_utils import hf_twin, random_model, small_config
-from sft_helpers import REPO, crash_in_step, losses, make_data, tiny_overrides
+from sft_helpers import REPO, crash_in_step, losses, make_data, metrics, tiny_overrides
 
 STEPS = dict(max_steps=6, checkpoint_every=2, keep_checkpoints=2)
 
@@ -42,17 +42,21 @@ def test_keeps_the_last_complete_checkpoints(reference):
     assert [p.name for p in checkpoint.list_checkpoints(reference.parent / "keep1")] == ["step_00000002"]
 
 
-def test_crash_then_resume_gives_the_same_losses(data_dir, reference, tmp_path, monkeypatch):
+def test_crash_then_resume_records_each_step_once_with_the_same_losses(data_dir, reference, tmp_path, monkeypatch):
     run_dir = tmp_path / "crashed"
-    crash_in_step(monkeypatch, 5)
+    crash_in_step(monkeypatch, 6)  # after the checkpoint of step 4 and the record of step 5
     with pytest.raises(RuntimeError, match="simulated crash"):
         sft.train(config(data_dir, run_dir))
     monkeypatch.undo()
-    assert list(losses(run_dir)) == [1, 2, 3, 4]
+    assert list(losses(run_dir)) == [1, 2, 3, 4, 5]
+    with (run_dir / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 6, "lo')  # as if the crash had cut a record short
     (run_dir / "checkpoints" / ".tmp-step_00000006").mkdir()  # as if a save had been cut short
     sft.train(config(data_dir, run_dir))
     assert "resumed from" in (run_dir / "train.log").read_text()
     assert not (run_dir / "checkpoints" / ".tmp-step_00000006").exists()
+    assert [r["step"] for r in metrics(run_dir)] == [1, 2, 3, 4, 5, 6]
+    assert not (run_dir / "metrics.jsonl.tmp").exists()
     resumed, expected = losses(run_dir), losses(reference)
     assert list(resumed) == list(expected) == [1, 2, 3, 4, 5, 6]
     for step in expected:

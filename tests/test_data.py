@@ -88,6 +88,40 @@ def test_sharegpt_gives_the_same_tokens_as_messages(tmp_path, small_tok):
     assert "<|im_start|>user\n<tool_response>\nA Google" in small_tok.decode(a.tokens)
 
 
+def test_assistant_messages_without_thinking_get_an_empty_thinking_block(tmp_path, qwen):
+    call = {"name": "search", "arguments": {"query": ["Ixo"]}}
+    sharegpt = {"system": SYSTEM_PROMPT, "conversations": [
+        {"from": "human", "value": " Question: Who founded Ixo?"},
+        {"from": "function_call", "value": json.dumps(call)},
+        {"from": "observation", "value": "Bo Lin founded Ixo."},
+        {"from": "gpt", "value": "<answer>Bo Lin</answer>"}]}
+    path = write_jsonl(tmp_path / "a.jsonl", [{"messages": AGENT}, sharegpt])
+    dataset, stats = load_sft_dataset([path], qwen, cutoff_len=4096)
+    # A message that opens with "<think>\n" tokenizes as before; the others get the agent's layout.
+    assert dataset.document(0)[0].tolist() == qwen.encode_conversation(AGENT)[0]
+    assert stats.think_added == 2 and "2 assistant messages given an empty thinking block" in stats.summary()
+    ids, labels = dataset.document(1)
+    normalised = [{"role": m["role"], "content": m["content"] if m["role"] != "assistant"
+                   else "<think>\n\n</think>\n\n" + m["content"]} for m in conversation_messages(sharegpt)]
+    assert qwen.decode(ids) == render(normalised)
+    # The generation prompt's "<think>\n" is prompt; the empty block's rest, the call and <|im_end|> are supervised.
+    first = labels.tolist().index(1)
+    assert qwen.decode(ids[:first]).endswith("<|im_start|>assistant\n<think>\n")
+    end = first + labels[first:].tolist().index(0)
+    assert qwen.decode(ids[first:end]) == "\n</think>\n\n" + tool_call("search", query=["Ixo"]) + "<|im_end|>"
+
+    with pytest.raises(DataError, match=rf"{path}:2: message 2 \(assistant\) does not start with '<think>\\n'"):
+        load_sft_dataset([path], qwen, cutoff_len=4096, think_layout="reject")
+    dataset, stats = load_sft_dataset([path], qwen, cutoff_len=4096, think_layout="reject", bad_lines="skip",
+                                      log=lambda _: None)
+    assert (len(dataset), stats.bad, stats.think_added) == (1, 1, 0)
+    # A thinking block that does not open the message cannot be fixed by putting an empty one in front.
+    odd = write_jsonl(tmp_path / "b.jsonl", [{"messages": AGENT[:-1] + [
+        {"role": "assistant", "content": "Found it.\n</think>\n\n<answer>Bo Lin</answer>"}]}])
+    with pytest.raises(DataError, match=rf"{odd}:1: message 4 \(assistant\) has a thinking tag"):
+        load_sft_dataset([odd], qwen, cutoff_len=4096)
+
+
 def test_bad_records_are_reported_as_file_and_line(tmp_path, small_tok):
     good = {"messages": AGENT}
     path = write_jsonl(tmp_path / "train.jsonl", [good, good, '{"messages": [', good,

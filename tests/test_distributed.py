@@ -5,28 +5,57 @@ import pytest
 import torch
 
 from litere import run_config
+from litere.tokenizer import Tokenizer
 from litere.train import distributed, sft
+from litere.train.sft_data import load_sft_dataset
 from litere.weights import load_model
 from model_utils import hf_twin
-from sft_helpers import losses, make_data, run_train, tiny_overrides
+from sft_helpers import losses, make_data, metrics, run_python, run_train, tiny_overrides
 
 SETTINGS = dict(max_steps=5, checkpoint_every=2, pack_tokens=512)
 
+# sft.train under torchrun, recording after each micro-batch's backward whether it was a padding micro-batch and
+# which parameters have a (sharded) gradient: FSDP2 sets one only when it reduce-scatters.
+PROBE = """
+import json, os, sys
+from litere import run_config
+from litere.train import sft
+
+steps, real_micro_step, real_optimizer_step = [[]], sft.micro_step, sft.optimizer_step
+
+def micro_step(model, batch, *args):
+    nll = real_micro_step(model, batch, *args)
+    steps[-1].append({"padding": not batch.weights.any().item(),
+                      "has_grad": sorted({p.grad is not None for p in model.parameters()})})
+    return nll
+
+def optimizer_step(*args):
+    steps.append([])
+    return real_optimizer_step(*args)
+
+sft.micro_step, sft.optimizer_step = micro_step, optimizer_step
+cfg = run_config.load(sft.SFTConfig, None, sys.argv[1:])
+sft.train(cfg)
+with open(os.path.join(cfg.run_dir, f"probe_rank{os.environ['RANK']}.json"), "w") as f:
+    json.dump(steps[:-1], f)
+"""
+
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def data_dir(tmp_path_factory):
+    return make_data(tmp_path_factory.mktemp("dist"))
+
+
+@pytest.fixture(scope="module")
+def runs(data_dir):
     """The same 5 fp32 steps by one plain process and by two torchrun processes (sharded, activation checkpointing)."""
-    tmp = make_data(tmp_path_factory.mktemp("dist"))
-    single, sharded = tmp / "single", tmp / "sharded"
-    settings = dict(SETTINGS, eval_files=[str(tmp / "eval.jsonl")], eval_every=2)
-    sft.train(run_config.load(sft.SFTConfig, None, tiny_overrides(tmp, run_dir=str(single), **settings)))
-    result = run_train(tiny_overrides(tmp, run_dir=str(sharded), activation_checkpointing=True, **settings), nproc=2)
+    single, sharded = data_dir / "single", data_dir / "sharded"
+    settings = dict(SETTINGS, eval_files=[str(data_dir / "eval.jsonl")], eval_every=2)
+    sft.train(run_config.load(sft.SFTConfig, None, tiny_overrides(data_dir, run_dir=str(single), **settings)))
+    result = run_train(tiny_overrides(data_dir, run_dir=str(sharded), activation_checkpointing=True, **settings),
+                       nproc=2)
     assert result.returncode == 0, result.stderr[-4000:]
-    return tmp, single, sharded
-
-
-def metrics(run_dir):
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return data_dir, single, sharded
 
 
 def test_two_processes_give_the_losses_of_one(runs):
@@ -80,3 +109,42 @@ def test_without_torchrun_there_is_no_process_group(monkeypatch):
         monkeypatch.delenv(name, raising=False)
     env = distributed.init("cpu")
     assert (env.distributed, env.world_size, env.rank, env.device.type) == (False, 1, 0, "cpu")
+
+
+@pytest.fixture(scope="module")
+def uneven(data_dir):
+    """3 steps of 3 conversations with the context loss, by one process and by two under the probe. With micro-batches
+    as long as the longest conversation, a rank that takes the longest one alone pads its micro-batches to the
+    other rank's two with an empty one."""
+    longest = int(load_sft_dataset([data_dir / "train.jsonl"], Tokenizer.from_dir(data_dir / "tok"),
+                                   cutoff_len=512)[0].lengths.max()) - 1
+    settings = dict(max_steps=3, global_batch=3, pack_tokens=longest, context_loss_weight=0.5)
+    single, sharded = data_dir / "uneven_single", data_dir / "uneven_sharded"
+    sft.train(run_config.load(sft.SFTConfig, None, tiny_overrides(data_dir, run_dir=str(single), **settings)))
+    (data_dir / "probe.py").write_text(PROBE)
+    result = run_python([str(data_dir / "probe.py"), *tiny_overrides(data_dir, run_dir=str(sharded), **settings)],
+                        nproc=2)
+    assert result.returncode == 0, result.stderr[-4000:]
+    probes = [json.loads((sharded / f"probe_rank{rank}.json").read_text()) for rank in range(2)]
+    return single, sharded, probes
+
+
+def test_padding_micro_batches_add_nothing_to_the_context_loss(uneven):
+    single, sharded, probes = uneven
+    assert any(m["padding"] for steps in probes for step in steps for m in step)
+    for a, b in zip(metrics(single), metrics(sharded), strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], abs=1e-5)
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], abs=1e-5)
+    one, two = load_model(single / "final", dtype=torch.float32), load_model(sharded / "final", dtype=torch.float32)
+    for (key, x), y in zip(one.state_dict().items(), two.state_dict().values()):
+        torch.testing.assert_close(y, x, atol=1e-5, rtol=1e-5, msg=key)
+
+
+def test_gradients_are_reduced_once_per_step_after_the_last_micro_batch(uneven):
+    _, sharded, probes = uneven
+    micro_batches = [r["micro_batches"] for r in metrics(sharded)]
+    assert max(micro_batches) > 1
+    for steps in probes:
+        assert [len(step) for step in steps] == micro_batches
+        for step in steps:
+            assert [m["has_grad"] for m in step] == [[False]] * (len(step) - 1) + [[True]]

@@ -1,4 +1,6 @@
-"""The search and visit texts, byte for byte against PROTOCOL.md section 3."""
+"""The search and visit texts, byte for byte against docs/protocol.md section 3."""
+from pathlib import Path
+
 import pytest
 
 from litere.env import EnvSettings, LocalEnv, PageStore, SearchHit, format_search, format_visit, visit_miss
@@ -111,3 +113,13 @@ def test_settings_change_sizes_only(env):
         EnvSettings().updated(results=3)
     with pytest.raises(ValueError, match="positive integer"):
         EnvSettings(snippet_words=0)
+
+
+def test_the_agent_env_and_eval_code_cites_the_projects_own_protocol():
+    """Citations name docs/protocol.md (a user has no PROTOCOL.md outside the repository)."""
+    root = Path(__file__).resolve().parents[1]
+    files = [*(root / "litere" / "agent").glob("*.py"), *(root / "litere" / "env").glob("*.py"),
+             *(root / name for name in ("litere/reward.py", "litere/evaluation.py", "litere/questions.py",
+                                        "litere/cli.py", "litere/tokenizer.py", "litere/world/teacher.py",
+                                        "rollout.py", "eval.py"))]
+    assert len(files) > 15 and not [f.name for f in files if "PROTOCOL.md" in f.read_text()]

@@ -74,6 +74,27 @@ def test_parquet_questions(tmp_path):
     assert b == Question("13", "Where is Ixo?", ["Devur"], "frames", None)
 
 
+def test_parquet_mask_url_falls_back_to_url_and_the_search_tool_arguments(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    def row(index, extra=None, tools=None):  # from_pylist takes its columns from the first row: give them all
+        return {"prompt": [{"role": "user", "content": f" Question: Q{index}?"}], "data_source": "s",
+                "reward_model": {"ground_truth": {"target": ["a"]}}, "extra_info": {"index": index, **(extra or {})},
+                "tools_kwargs": tools}
+
+    search = {"search": {"create_kwargs": {"url": "https://src.example/top"}}}
+    rows = [row(0, {"mask_url": "https://m.example", "url": "https://u.example"}),
+            row(1, {"mask_url": "", "url": "https://u.example"}),
+            row(2, {"tools_kwargs": {"search": {"create_kwargs": {"url": "https://src.example/extra"}}}},
+                tools=search),
+            row(3, tools=search),
+            row(4, tools={"visit": {"create_kwargs": {"url": "https://ignored.example"}}})]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "rl.parquet")
+    assert [q.mask_url for q in load_questions(tmp_path / "rl.parquet")] == [
+        "https://m.example", "https://u.example", "https://src.example/extra", "https://src.example/top", None]
+
+
 def test_parquet_without_pyarrow_says_what_to_install(tmp_path, monkeypatch):
     (tmp_path / "rl.parquet").write_bytes(b"PAR1")
     monkeypatch.setitem(sys.modules, "pyarrow", None)
@@ -120,6 +141,20 @@ def model_dir(tokenizer, tmp_path_factory):
     config = small_config(vocab_size=tokenizer.vocab_size, max_position_embeddings=4096)
     save_model(random_model(config), out, tokenizer_dir=out)
     return out
+
+
+def test_the_policy_sampler_stops_on_im_end_and_endoftext(model_dir):
+    import argparse
+
+    from litere.cli import add_agent_arguments, add_model_arguments, load_policy
+
+    parser = argparse.ArgumentParser()
+    add_model_arguments(parser)
+    add_agent_arguments(parser, mode="eval", temperature=0.6, top_p=0.95, top_k=20, presence_penalty=1.1,
+                        max_turns=100, max_response_tokens=None)
+    _, tokenizer, sampler = load_policy(parser.parse_args(["--model", str(model_dir), "--device", "cpu",
+                                                           "--cache-tokens", "256"]))
+    assert list(sampler.stop_token_ids) == [tokenizer.im_end_id, tokenizer.endoftext_id]
 
 
 def test_world_questions_carry_their_environment(world):

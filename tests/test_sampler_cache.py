@@ -1,12 +1,15 @@
-"""Block allocation of the paged KV cache and the CPU attention paths over it (in place, runs merged, gathered)."""
+"""Block allocation of the paged KV cache, the CPU attention paths over it (in place, runs merged, gathered), the
+CPU argmax, and the caches' `AttentionCache` protocol."""
 import random
 
 import pytest
 import torch
 
 from kernels import reference
-from litere.sampler.kv_cache import BlockManager
-from litere.sampler.sampling import argmax
+from litere.cpu import argmax
+from litere.model import AttentionCache
+from litere.sampler.decode_graph import DecodeAttention
+from litere.sampler.kv_cache import BlockManager, CacheStep, PagedKVCache
 
 
 def dense_attention(q, k_cache, v_cache, tables, lengths, new_tokens):
@@ -133,3 +136,12 @@ def test_argmax_takes_the_first_maximum_of_large_vocabularies():
         index, top = argmax(x)
         want_top, want_index = x.max(-1)
         assert torch.equal(index, want_index) and torch.equal(top, want_top)
+
+
+def test_the_sampler_caches_are_attention_caches():
+    cache = PagedKVCache(2, 4, 4, 2, 8, torch.float32, "cpu")
+    table, lengths = torch.zeros(1, 1, dtype=torch.int32), torch.ones(1, dtype=torch.int32)
+    step = CacheStep(cache, torch.zeros(1, dtype=torch.long), table, torch.tensor([0, 1], dtype=torch.int32),
+                     lengths, 1)
+    assert isinstance(step, AttentionCache)
+    assert isinstance(DecodeAttention(cache.data, table, lengths), AttentionCache)

@@ -1,4 +1,3 @@
-import json
 import math
 
 import pytest
@@ -6,10 +5,10 @@ import torch
 
 from litere import run_config
 from litere.train import sft
-from litere.train.sft_data import BatchPlanner, DataPosition, load_sft_dataset
+from litere.train.sft_data import BatchPlanner, DataPosition, load_sft_dataset, pack_documents
 from litere.tokenizer import Tokenizer
 from model_utils import random_model, small_config
-from sft_helpers import crash_in_step, losses, make_data, tiny_overrides
+from sft_helpers import crash_in_step, losses, make_data, metrics, tiny_overrides
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +51,7 @@ def test_packed_and_unpacked_losses_and_gradients_are_equal(data_dir):
 def test_accumulation_and_activation_checkpointing_do_not_change_the_losses(data_dir, tmp_path):
     one_micro = run(data_dir, tmp_path / "a", pack_tokens=8192, max_steps=3, export=False)
     several = run(data_dir, tmp_path / "b", pack_tokens=512, max_steps=3, export=False, activation_checkpointing=True)
-    records = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    records = metrics(tmp_path / "b")
     assert min(r["micro_batches"] for r in records) > 1
     assert list(one_micro) == [1, 2, 3]
     for step in one_micro:
@@ -65,7 +64,7 @@ def test_a_run_trains_and_records_its_metrics(data_dir, tmp_path):
     by_step = run(data_dir, run_dir, **settings)  # 40 conversations / 8 = 5 steps per epoch
     assert list(by_step) == list(range(1, 11))
     assert by_step[10] < by_step[1] - 1.0
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    records = metrics(run_dir)
     held_out = {r["step"]: r["eval_loss"] for r in records if "eval_loss" in r}
     assert list(held_out) == [4, 8, 10] and held_out[10] < held_out[4]
     assert {"step", "epoch", "loss", "lr", "grad_norm", "tokens_per_s", "tokens", "supervised_tokens",
@@ -83,14 +82,14 @@ def test_stopping_early_keeps_the_schedule_and_a_later_run_continues(data_dir, t
     run_dir = tmp_path / "staged"
     first = run(data_dir, run_dir, max_steps=6, stop_after_steps=2, checkpoint_every=0)  # checkpointed anyway
     assert list(first) == [1, 2] and (run_dir / "final" / "config.json").is_file()
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    records = metrics(run_dir)
     assert records[-1]["lr"] > 3e-3 * 0.5  # still early in the 6-step schedule, not at its end
     log = (run_dir / "train.log").read_text()
     assert "stopping after step 2" in log and "step 2/2 | loss" in log
     resumed = run(data_dir, run_dir, max_steps=6, stop_after_steps=0, checkpoint_every=0, export=False)
     log = (run_dir / "train.log").read_text()
     assert "at step 2 (epoch" in log and "step 3/6 | loss" in log  # continued, not started over
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    records = metrics(run_dir)
     assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]
     assert list(resumed) == list(whole)
     for step in whole:
@@ -158,7 +157,7 @@ def budget_run(data_dir, run_dir, monkeypatch, **settings):
     monkeypatch.setattr(BatchPlanner, "batch", clock.wrap(BatchPlanner.batch))
     by_step = run(data_dir, run_dir, budget_minutes=1.0, epochs=100.0, export=False, **settings)
     monkeypatch.undo()
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    records = metrics(run_dir)
     return by_step, records
 
 
@@ -210,6 +209,15 @@ def test_context_loss_weight_adds_the_other_targets_to_the_objective_only(data_d
     assert returned.item() == pytest.approx(supervised.item(), rel=1e-5)
     for got, want in zip(grads, (p.grad for p in model.parameters())):
         torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-4)
+
+
+def test_a_padding_micro_batch_adds_no_gradient_with_the_context_loss(data_dir):
+    tok = Tokenizer.from_dir(data_dir / "tok")
+    dataset, _ = load_sft_dataset([data_dir / "train.jsonl"], tok, cutoff_len=512)
+    model = random_model(small_config(vocab_size=tok.vocab_size)).train()
+    returned = sft.micro_step(model, pack_documents(dataset, []), 1.0, torch.device("cpu"), None, context_weight=0.5)
+    assert returned.item() == 0
+    assert all(p.grad is not None and not p.grad.any() for p in model.parameters())
 
 
 def test_a_run_with_context_loss_logs_the_supervised_loss(data_dir, tmp_path):

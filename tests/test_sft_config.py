@@ -30,6 +30,7 @@ def test_resolved_config_round_trips_through_toml(tmp_path):
     ("lr=fast", "lr = 'fast' (str), expected a number"),
     ("global_batch=1.5", "expected an integer"),
     ("precision=fp16", "precision='fp16': expected one of"),
+    ("think_layout=strict", "think_layout='strict': expected one of"),
     ("noequals", "expected key=value"),
 ])
 def test_bad_settings_name_the_key(override, message):
@@ -48,9 +49,9 @@ def cli(*args):
                           timeout=120)
 
 
-def test_cli_reports_unimplemented_stages_and_bad_settings():
-    result = cli("--stage", "rl1")
-    assert result.returncode != 0 and "stage 'rl1' is not implemented yet" in result.stderr
+def test_cli_reports_unknown_stages_and_bad_settings():
+    result = cli("--stage", "rl9")
+    assert result.returncode == 2 and "invalid choice: 'rl9'" in result.stderr
     result = cli("--stage", "sft", "--config", str(REPO / "configs" / "sft_4b.toml"), "lr=oops")
     assert result.returncode == 2 and "lr = 'oops'" in result.stderr
 
@@ -58,7 +59,7 @@ def test_cli_reports_unimplemented_stages_and_bad_settings():
 @pytest.mark.parametrize("name", ["sft_4b.toml", "demo_sft.toml"])
 def test_shipped_configs_load(name):
     cfg = run_config.load(SFTConfig, REPO / "configs" / name)
-    if name == "sft_4b.toml":  # PROTOCOL.md section 6
+    if name == "sft_4b.toml":  # docs/protocol.md section 6
         assert (cfg.lr, cfg.warmup_ratio, cfg.global_batch, cfg.batch_unit, cfg.cutoff_len, cfg.epochs) == (
             2e-5, 0.1, 128, "sequences", 65536, 1.0)
         assert cfg.precision == "bf16" and cfg.activation_checkpointing and cfg.model.endswith("Qwen3-4B-Thinking-2507")

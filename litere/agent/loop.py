@@ -1,17 +1,20 @@
-"""The ReAct agent (PROTOCOL.md sections 2, 3 and 7) over the continuous-batching sampler.
+"""The ReAct agent (docs/protocol.md sections 2, 3 and 7) over the continuous-batching sampler.
 
 Every running trajectory decodes in the same sampler. A turn that ends in a tool call pauses its request (it keeps
-its KV cache); the call runs in a thread pool while the other trajectories keep decoding, and its result is appended
-token-in/token-out with `sampler.extend`. History is never re-tokenized, so the ids of a trajectory are exactly
-what the model saw.
+its KV cache); the call runs in a thread pool while the other trajectories keep decoding (or inline, with
+`tool_workers=0`), and its result is appended token-in/token-out with `sampler.extend`. History is never
+re-tokenized, so the ids of a trajectory are exactly what the model saw.
 
-Training mode ends an episode at the first turn with neither a parsable tool call nor an answer. Evaluation mode
-answers a malformed call with the tool error text, and at the context limit tells the model to stop calling tools
-and answer, then calls it once more.
+A turn answers when the text after its first `</think>` (the whole turn if it has none) holds both `<answer>` and
+`</answer>`. Training mode ends an episode at the first turn with neither a parsable tool call nor an answer.
+Evaluation mode answers a malformed call with the tool error text, and at the context limit tells the model to stop
+calling tools and answer, then calls it once more.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
 import math
 import sys
 import time
@@ -20,15 +23,41 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 from ..questions import Question
-from ..reward import extract_answer
+from ..reward import ANSWER_RE, extract_answer
 from ..tokenizer import GENERATION_PROMPT, SYSTEM_PROMPT, USER_PREFIX
-from .tools import TOOL_ERROR, execute_tool, parse_tool_call
-from .trajectory import ToolCallRecord, Trajectory
+from .tools import MALFORMED_CALL, TOOL_ERROR, execute_tool, parse_tool_call
+from .trajectory import SAMPLING_FIELDS, ToolCallRecord, Trajectory
 
 TERMINATIONS = ("answer", "no_tool_call", "max_turns", "budget", "context_limit", "error")
-CONTEXT_LIMIT_REMINDER = (
-    "You have reached the limit of the context you can handle. Do not call any more tools. Based on everything "
-    "above, think once more and give your best final answer now, in the form <answer>your answer</answer>.")
+CONTEXT_LIMIT_REMINDER = (  # the original's wording (docs/protocol.md section 7)
+    "You have now reached the maximum context length. Stop making tool calls and provide your best answer in this "
+    "format: <think>your final thinking</think>\n<answer>your answer</answer>")
+
+
+def turn_answers(text: str) -> bool:
+    """Whether an assistant turn ends the episode with an answer: the text after its first `</think>` (the whole
+    turn when it has none) holds both `<answer>` and `</answer>`. An answer tag inside the thinking does not count."""
+    _, think_end, after = text.partition("</think>")
+    tail = after if think_end else text
+    return "<answer>" in tail and "</answer>" in tail
+
+
+def sampled_answer(turns: list[dict]) -> str | None:
+    """The trajectory's answer: the last `<answer>…</answer>` of the last assistant turn that holds one (None if it
+    is empty). Only sampled text counts: forced segments (tool texts, the reminder's `<answer>your answer</answer>`)
+    never do, and no match spans two turns."""
+    for turn in reversed(turns):
+        if turn["role"] == "assistant" and ANSWER_RE.search(turn["content"]):
+            return extract_answer(turn["content"])
+    return None
+
+
+def question_seed(seed: int, question_id: str) -> int:
+    """A question's own 63-bit base seed, derived from the run's seed and the question id (stable across runs and
+    processes): sample i of the question is seeded base + i, so no two questions share random numbers."""
+    digest = hashlib.blake2b(f"{seed}:{question_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1
+
 
 @dataclass
 class AgentConfig:
@@ -38,7 +67,7 @@ class AgentConfig:
     max_context_tokens: int | None = None  # prompt + response
     final_answer_tokens: int = 2048  # eval: context kept free for the reminder's final answer
     reminder: str = CONTEXT_LIMIT_REMINDER
-    tool_workers: int = 16
+    tool_workers: int = 16  # 0: run tool calls inline, in order (deterministic; no threads)
     max_concurrent: int | None = None  # trajectories in flight at once (None: every one)
     system_prompt: str = SYSTEM_PROMPT
     user_prefix: str = USER_PREFIX
@@ -46,10 +75,11 @@ class AgentConfig:
     def __post_init__(self):
         if self.mode not in ("train", "eval"):
             raise ValueError(f"AgentConfig.mode must be 'train' or 'eval', got {self.mode!r}")
-        for name in ("max_turns", "max_response_tokens", "final_answer_tokens", "tool_workers", "max_context_tokens",
-                     "max_concurrent"):
+        for name in ("max_turns", "max_response_tokens", "final_answer_tokens", "max_context_tokens", "max_concurrent"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"AgentConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.tool_workers < 0:
+            raise ValueError(f"AgentConfig.tool_workers must be >= 0 (0: inline), got {self.tool_workers}")
 
 
 @dataclass
@@ -72,6 +102,7 @@ class _Episode:
     traj: Trajectory
     question: Question
     env: object
+    params: object  # the question's sampling parameters (its own seed)
     rid: int | None = None
     final_call: bool = False
     started: float = field(default_factory=time.perf_counter)
@@ -79,14 +110,16 @@ class _Episode:
 
 class Agent:
     """Runs questions × n samples to completion. `env` is an environment (search/visit) or a callable
-    `question -> environment`; `params` are the sampling parameters (max_new_tokens is set per turn)."""
+    `question -> environment`; `params` are the sampling parameters (max_new_tokens is set per turn; a seed is the
+    run's seed, from which each question derives its own). Turns stop on <|im_end|> or <|endoftext|> unless
+    `params.stop_token_ids` says otherwise."""
 
     def __init__(self, sampler, tokenizer, env, params, config: AgentConfig | None = None):
         self.sampler, self.tokenizer = sampler, tokenizer
         self.config = c = config or AgentConfig()
-        # a turn ends at <|im_end|> unless the caller chose otherwise
-        self.params = (params if params.stop_token_ids is not None
-                       else dataclasses.replace(params, stop_token_ids=(tokenizer.im_end_id,)))
+        if params.stop_token_ids is None:
+            params = dataclasses.replace(params, stop_token_ids=tokenizer.stop_token_ids)
+        self.params = params
         self.env_for = env if callable(env) and not hasattr(env, "search") else (lambda question: env)
         # the sampler's own per-sequence limit (positions, cache) bounds the context too
         limits = [x for x in (c.max_context_tokens, getattr(sampler, "max_seq_len", None)) if x is not None]
@@ -98,18 +131,22 @@ class Agent:
         # eval mode keeps room for closing a cut turn, the reminder and the final answer
         self._reserve = 1 + len(self._reminder_ids) + c.final_answer_tokens if c.mode == "eval" else 0
 
-    def run(self, questions: list[Question], n: int = 1, *, on_trajectory=None, on_progress=None,
-            progress_interval: float = 1.0) -> list[Trajectory]:
-        """All trajectories, ordered by question then sample index. `on_trajectory(traj)` is called as each one
-        ends; `on_progress(stats)` at most every `progress_interval` seconds and once at the end."""
+    def run(self, questions: list[Question], n: int = 1, *, policy_version: int | None = None, on_trajectory=None,
+            on_progress=None, progress_interval: float = 1.0) -> list[Trajectory]:
+        """All trajectories, ordered by question then sample index. `policy_version` (the training step whose
+        weights sample) goes into every record. `on_trajectory(traj)` is called as each one ends; `on_progress(stats)`
+        at most every `progress_interval` seconds and once at the end."""
         self.stats = RolloutStats(total=len(questions) * n)
+        self._policy_version = policy_version
         self._running: dict[int, _Episode] = {}
         self._tools: dict[Future, tuple[_Episode, ToolCallRecord]] = {}
         self._done: list[Trajectory] = []
         self._on_trajectory = on_trajectory
         pending = deque(questions)
         last_report = time.perf_counter()
-        with ThreadPoolExecutor(self.config.tool_workers, thread_name_prefix="agent-tool") as self._pool:
+        workers = self.config.tool_workers
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="agent-tool") if workers else contextlib.nullcontext()
+        with pool as self._pool:
             while pending or self._running:
                 self._admit(pending, n)
                 busy = self.sampler.has_work()
@@ -137,8 +174,16 @@ class Agent:
     def _start(self, q: Question, n: int):
         c = self.config
         prompt = self.tokenizer.prompt_ids(q.question, c.system_prompt, c.user_prefix)
-        episodes = [_Episode(Trajectory(q.id, i, q.question, list(q.answers), q.data_source, prompt), q, None)
-                    for i in range(n)]
+        params = self.params
+        if params.seed is not None:
+            params = dataclasses.replace(params, seed=question_seed(params.seed, q.id))
+        sampling = {name: getattr(params, name) for name in SAMPLING_FIELDS}
+        episodes = []
+        for i in range(n):
+            seed = None if params.seed is None else params.seed + i  # the sampler seeds sample i with seed + i
+            t = Trajectory(q.id, i, q.question, list(q.answers), q.data_source, prompt,
+                           sampling={**sampling, "seed": seed}, policy_version=self._policy_version)
+            episodes.append(_Episode(t, q, None, params))
         try:
             env = self.env_for(q)
         except Exception as e:
@@ -148,7 +193,7 @@ class Agent:
             return self._finish_all(episodes, "context_limit", f"the prompt ({len(prompt)} tokens) leaves no room "
                                                                f"under a context of {self.max_context}")
         try:
-            rids = self.sampler.add(prompt, self._params(room), n=n, resumable=True)
+            rids = self.sampler.add(prompt, self._params(episodes[0], room), n=n, resumable=True)
         except Exception as e:
             return self._finish_all(episodes, "error", f"sampler refused the prompt: {type(e).__name__}: {e}")
         for ep, rid in zip(episodes, rids):
@@ -159,8 +204,9 @@ class Agent:
         for ep in episodes:
             self._finish(ep, reason, error)
 
-    def _params(self, max_new_tokens: int):
-        return dataclasses.replace(self.params, max_new_tokens=max_new_tokens)
+    @staticmethod
+    def _params(ep: _Episode, max_new_tokens: int):
+        return dataclasses.replace(ep.params, max_new_tokens=max_new_tokens)
 
     def _response_left(self, t: Trajectory) -> float:
         if self.config.max_response_tokens is None:
@@ -194,11 +240,12 @@ class Agent:
         t.num_turns += 1
         self.stats.sampled_tokens += len(ids)
         closed = out.finish_reason == "stop"
-        text = self.tokenizer.decode(ids[:-1] if ids and ids[-1] == self.tokenizer.im_end_id else ids)
+        stopped = closed and ids and ids[-1] in self.params.stop_token_ids
+        text = self.tokenizer.decode(ids[:-1] if stopped else ids)
         t.turns.append({"role": "assistant", "content": text})
         if ep.final_call:
-            return self._finish(ep, "answer" if "<answer>" in text else "context_limit")
-        if "<answer>" in text:
+            return self._finish(ep, "answer" if turn_answers(text) else "context_limit")
+        if turn_answers(text):
             return self._finish(ep, "answer")
         if not closed:  # cut by a token budget
             if self._response_left(t) < 1:
@@ -210,9 +257,12 @@ class Agent:
         if t.num_turns >= c.max_turns:
             return self._finish(ep, "max_turns")
         if call is None:
-            record = ToolCallRecord(t.num_turns, "", {}, error=problem)
+            record = ToolCallRecord(t.num_turns, MALFORMED_CALL, {}, error=problem)
             return self._respond(ep, record, TOOL_ERROR.format(problem))
         record = ToolCallRecord(t.num_turns, call.name, call.arguments)
+        if self._pool is None:
+            self.stats.tool_calls += 1
+            return self._tool_done(ep, record, execute_tool(ep.env, call, ep.question.mask_url))
         self._tools[self._pool.submit(execute_tool, ep.env, call, ep.question.mask_url)] = (ep, record)
         self.stats.tools_in_flight += 1
 
@@ -228,10 +278,13 @@ class Agent:
             self.stats.tools_in_flight -= 1
             self.stats.tool_calls += 1
             try:
-                text, record.success, record.error, record.latency_s = future.result()
-                self._respond(ep, record, text)
+                self._tool_done(ep, record, future.result())
             except Exception as e:
                 self._finish(ep, "error", f"{type(e).__name__}: {e}")
+
+    def _tool_done(self, ep: _Episode, record: ToolCallRecord, result: tuple):
+        text, record.success, record.error, record.latency_s = result
+        self._respond(ep, record, text)
 
     def _respond(self, ep: _Episode, record: ToolCallRecord, text: str):
         t = ep.traj
@@ -244,7 +297,7 @@ class Agent:
             return self._out_of_context(ep, closed=True)
         self._force(t, ids)
         t.turns.append({"role": "tool", "content": text})
-        self.sampler.extend(ep.rid, ids, self._params(self._room(t)))
+        self.sampler.extend(ep.rid, ids, self._params(ep, self._room(t)))
 
     def _out_of_context(self, ep: _Episode, closed: bool):
         """Training ends here; evaluation closes the turn, adds the reminder and calls the model once more."""
@@ -258,7 +311,7 @@ class Agent:
         if room < 1:
             return self._finish(ep, "budget" if self._response_left(t) < 1 else "context_limit")
         ep.final_call = True
-        self.sampler.extend(ep.rid, forced, self._params(room))
+        self.sampler.extend(ep.rid, forced, self._params(ep, room))
 
     @staticmethod
     def _force(t: Trajectory, ids: list[int]):
@@ -269,7 +322,7 @@ class Agent:
     def _finish(self, ep: _Episode, reason: str, error: str | None = None):
         t = ep.traj
         t.termination, t.error = reason, error
-        t.answer = extract_answer(self.tokenizer.decode(t.response_ids))
+        t.answer = sampled_answer(t.turns)
         t.elapsed_s = time.perf_counter() - ep.started
         if ep.rid is not None:
             self._running.pop(ep.rid, None)

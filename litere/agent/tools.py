@@ -6,8 +6,11 @@ import re
 import time
 from dataclasses import dataclass
 
+from ..env.formats import as_list
+
 TOOL_CALL_RE = re.compile(r"<tool_call>(.*?)</tool_call>", re.DOTALL)
 TOOL_ERROR = "Error when executing tool: {}"
+MALFORMED_CALL = "(malformed)"  # the record's tool name for a call that could not be parsed (evaluation mode)
 
 
 @dataclass
@@ -42,31 +45,20 @@ def parse_tool_call(text: str) -> tuple[ToolCall | None, str | None]:
     return None, problem
 
 
-def _string_list(arguments: dict, key: str, tool: str) -> list[str]:
-    value = arguments.get(key)
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
-        return value
-    raise ValueError(f"{tool} needs arguments.{key}: a string or a non-empty list of strings, got {value!r}")
-
-
 def execute_tool(env, call: ToolCall, mask_url: str | None) -> tuple[str, bool, str | None, float]:
     """Run one call against the environment: (text for the model, success, error, latency in seconds).
     Every failure becomes the protocol's error text, so the episode can go on."""
     start = time.perf_counter()
     try:
         if call.name == "search":
-            text = env.search(_string_list(call.arguments, "query", "search"), mask_url=mask_url)
+            text = env.search(as_list(call.arguments.get("query"), "query"), mask_url=mask_url)
         elif call.name == "visit":
             goal = call.arguments.get("goal")
             if not isinstance(goal, str):
-                raise ValueError(f"visit needs arguments.goal (a string), got {goal!r}")
-            text = env.visit(_string_list(call.arguments, "url", "visit"), goal)
+                raise ValueError(f"'goal' must be a string, got {goal!r:.200}")
+            text = env.visit(as_list(call.arguments.get("url"), "url"), goal)
         else:
             raise ValueError(f"unknown tool {call.name!r}; the tools are search and visit")
         return text, True, None, time.perf_counter() - start
     except Exception as e:  # the model sees the error and may try again
         return TOOL_ERROR.format(e), False, f"{type(e).__name__}: {e}", time.perf_counter() - start
-
-

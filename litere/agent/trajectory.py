@@ -5,6 +5,9 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 
+# the sampling settings a record keeps (docs/protocol.md section 8); seed is the one that sample was drawn with
+SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "presence_penalty", "repetition_penalty", "seed")
+
 
 @dataclass
 class ToolCallRecord:
@@ -39,6 +42,16 @@ class Trajectory:
     elapsed_s: float = 0.0
     reward: float | None = None
     judge: dict | None = None
+    sampling: dict | None = None  # SAMPLING_FIELDS as sampled (None: a record written before they were kept)
+    policy_version: int | None = None  # the training step whose weights sampled it
+
+    @property
+    def turns_original(self) -> int:
+        """Turns as the original counts them, the measure of the paper's turn figures (its verl agent loop's
+        `num_turns = user_turns + assistant_turns + 1`): the user turns appended after the prompt (tool responses,
+        tool error texts, the reminder) + assistant turns + 1 for the prompt. 2A for A assistant turns that end
+        on an assistant turn."""
+        return sum(turn["role"] != "assistant" for turn in self.turns) + self.num_turns + 1
 
     @property
     def sampled_tokens(self) -> int:
@@ -63,6 +76,21 @@ class Trajectory:
         kwargs = {k: v for k, v in d.items() if k in names}
         kwargs["tool_calls"] = [ToolCallRecord(**c) for c in d.get("tool_calls", [])]
         return cls(**kwargs)
+
+
+def check_trainable(trajectories: list[Trajectory], temperature: float) -> None:
+    """Raise ValueError, naming the question and sample, unless every trajectory was sampled at the trainer's
+    `temperature`: rollout logprobs are of logits / T, so only then do they compare with the trainer's."""
+    for t in trajectories:
+        where = f"question {t.question_id!r} sample {t.sample_index}"
+        if not t.sampling or t.sampling.get("temperature") is None:
+            raise ValueError(f"{where}: the record lacks its sampling settings; its logprobs' temperature is unknown")
+        if t.sampling["temperature"] == 0:
+            raise ValueError(f"{where}: greedy trajectories cannot be trained on: their logprobs are of argmax, not "
+                             "of a distribution")
+        if t.sampling["temperature"] != temperature:
+            raise ValueError(f"{where}: sampled at temperature {t.sampling['temperature']}, but the trainer uses "
+                             f"{temperature}; rollout logprobs are of logits / T, so they would not compare")
 
 
 def write_trajectories(trajectories: list[Trajectory], path) -> None:

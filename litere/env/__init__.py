@@ -1,5 +1,5 @@
 """The local world's environment: a page store with full-text search, visit with goal-conditioned summaries,
-an HTTP service and an HTTP backend, all producing the tool texts of PROTOCOL.md section 3.
+an HTTP service and an HTTP backend, all producing the tool texts of docs/protocol.md section 3.
 
     env = open_env("world.db")                        # embedded: SQLite + FTS5 in this process
     env = open_env("http://host:8000")                # our service (python -m litere.env serve)
@@ -18,11 +18,11 @@ from .local import LocalEnv
 from .service import make_server
 from .settings import EnvSettings
 from .store import Page, PageStore
-from .summarize import ExtractiveSummarizer, LLMSummarizer, truncate_page
+from .summarize import ExtractiveSummarizer, LLMSummarizer, SummaryError, truncate_page
 
 __all__ = ["open_env", "EnvSettings", "LocalEnv", "HttpEnv", "EnvError", "PageStore", "Page", "SearchHit",
-           "ingest", "IngestReport", "make_server", "ExtractiveSummarizer", "LLMSummarizer", "truncate_page",
-           "format_search", "format_visit", "visit_miss", "JOIN", "SETTINGS_META_KEY"]
+           "ingest", "IngestReport", "make_server", "ExtractiveSummarizer", "LLMSummarizer", "SummaryError",
+           "truncate_page", "format_search", "format_visit", "visit_miss", "JOIN", "SETTINGS_META_KEY"]
 
 # A store built for particular output sizes (the bundled worlds) records them under this key; open_env uses
 # them unless told otherwise, so evaluation sees the tool outputs the model was trained on.

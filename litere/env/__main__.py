@@ -33,15 +33,21 @@ def _cmd_ingest(args) -> int:
     return 0
 
 
+def summarizer_from_args(args, settings: EnvSettings) -> LLMSummarizer | None:
+    """The LLM summariser of `serve --llm-url` (None: the extractive default). Its failures give the miss text
+    unless --extractive-fallback asks for an extractive summary instead."""
+    if not args.llm_url:
+        return None
+    fallback = ExtractiveSummarizer.from_settings(settings) if args.extractive_fallback else None
+    return LLMSummarizer(args.llm_url, args.llm_model, api_key=args.llm_key, timeout=args.llm_timeout,
+                         temperature=args.llm_temperature, fallback=fallback)
+
+
 def _cmd_serve(args) -> int:
     store = PageStore(args.db, readonly=True)
     settings = EnvSettings.from_dict(store.get_meta(SETTINGS_META_KEY)).updated(**_sizes(args))
-    summarizer = None
-    if args.llm_url:
-        summarizer = LLMSummarizer(args.llm_url, args.llm_model, api_key=args.llm_key, timeout=args.llm_timeout,
-                                   fallback=ExtractiveSummarizer.from_settings(settings))
-    server = make_server(LocalEnv(store, settings, summarizer=summarizer), args.host, args.port,
-                         verbose=args.verbose)
+    env = LocalEnv(store, settings, summarizer=summarizer_from_args(args, settings))
+    server = make_server(env, args.host, args.port, verbose=args.verbose)
     print(f"serving {args.db} ({server.pages:,} pages) at {server.url}", file=sys.stderr)
     try:
         server.serve_forever()
@@ -65,7 +71,7 @@ def _cmd_visit(args) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m litere.env", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -85,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--llm-model", default="Qwen3-4B-Instruct-2507")
     p.add_argument("--llm-key", default=None)
     p.add_argument("--llm-timeout", type=float, default=60.0)
+    p.add_argument("--llm-temperature", type=float, default=0.7)
+    p.add_argument("--extractive-fallback", action="store_true",
+                   help="when the summary LLM fails, summarise extractively (default: the protocol's miss text)")
     p.add_argument("--verbose", action="store_true", help="log every request")
     _add_size_flags(p)
     p.set_defaults(run=_cmd_serve)
@@ -103,7 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     _add_size_flags(p)
     p.set_defaults(run=_cmd_visit)
 
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     return args.run(args)
 
 

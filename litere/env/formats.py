@@ -1,4 +1,4 @@
-"""The tool texts of PROTOCOL.md section 3, byte for byte, and the per-call filtering of search results.
+"""The tool texts of docs/protocol.md section 3, byte for byte, and the per-call filtering of search results.
 
 The layout follows the original tool code: each result is `{i}. [{title}]({link})\\n{snippet}`, results are
 separated by a blank line, and a query block is stripped at the ends (so a block with no results ends at
@@ -70,7 +70,7 @@ def visit_miss(url: str, goal: str) -> str:
 
 
 def as_list(value, name: str) -> list[str]:
-    """A tool argument that may be one string or a list of strings (PROTOCOL.md section 3)."""
+    """A tool argument that may be one string or a list of strings (docs/protocol.md section 3)."""
     if isinstance(value, str):
         return [value]
     if isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):

@@ -4,11 +4,11 @@ from __future__ import annotations
 from .formats import JOIN, SearchHit, as_list, format_search, format_visit, visit_miss
 from .settings import EnvSettings
 from .store import PageStore
-from .summarize import ExtractiveSummarizer, Summarizer, truncate_page
+from .summarize import ExtractiveSummarizer, Summarizer, SummaryError, truncate_page
 
 
 class LocalEnv:
-    """search(queries, mask_url) and visit(urls, goal) with the PROTOCOL.md texts. Thread-safe."""
+    """search(queries, mask_url) and visit(urls, goal) with the texts of docs/protocol.md section 3. Thread-safe."""
 
     def __init__(self, store: PageStore, settings: EnvSettings | None = None, *,
                  summarizer: Summarizer | None = None, tokenizer=None):
@@ -27,7 +27,8 @@ class LocalEnv:
         return format_search(queries, [self.search_hits(q) for q in queries], mask_url)
 
     def visit_page(self, url: str, goal: str) -> str | None:
-        """The visit text of one URL, or None when the store does not have it."""
+        """The visit text of one URL, or None when the store does not have it; SummaryError when the summariser
+        fails on it."""
         page = self.store.get(url)
         if page is None:
             return None
@@ -42,7 +43,10 @@ class LocalEnv:
             raise ValueError(f"'goal' must be a non-empty string, got {goal!r:.200}")
         texts = []
         for url in urls:
-            text = self.visit_page(url, goal)
+            try:
+                text = self.visit_page(url, goal)
+            except SummaryError:
+                text = None
             texts.append(visit_miss(url, goal) if text is None else text)
         return JOIN.join(texts)
 

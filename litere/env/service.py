@@ -6,7 +6,8 @@
   POST /query         {url, goal | question}       -> {success, result, from_cache, error}
   GET  /health                                     -> {status, pages, env_settings}
 `search_type` is accepted and ignored (there is one index). /query's result is the finished visit text; for a
-URL the store lacks it is the miss text with success false, as the original browse service answers.
+URL the store lacks, or a page the summariser failed on, it is the miss text with success false, as the original
+browse service answers.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from urllib.parse import urlsplit
 
 from .formats import visit_miss
 from .local import LocalEnv
+from .summarize import SummaryError
 
 MAX_BODY_BYTES = 16 << 20
 MAX_LIMIT = 100
@@ -162,7 +164,10 @@ class _Handler(BaseHTTPRequestHandler):
         cached = self.server.cache.get((url, goal))
         if cached is not None:
             return {"success": True, "result": cached, "from_cache": True, "error": ""}
-        text = self.server.env.visit_page(url, goal)
+        try:
+            text = self.server.env.visit_page(url, goal)
+        except SummaryError as e:
+            return {"success": False, "result": visit_miss(url, goal), "from_cache": False, "error": str(e)}
         if text is None:
             return {"success": False, "result": visit_miss(url, goal), "from_cache": False,
                     "error": "Not found: the URL is not in the page store"}

@@ -1,4 +1,5 @@
-"""Sizes of the tool outputs. The PROTOCOL.md formats never change; these only change how much goes in them."""
+"""Sizes of the tool outputs. The formats (docs/protocol.md section 3) never change; these only change how much
+goes in them."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
@@ -6,7 +7,7 @@ from dataclasses import asdict, dataclass, fields, replace
 
 @dataclass(frozen=True)
 class EnvSettings:
-    results_per_query: int = 10     # PROTOCOL.md: 10 results per query
+    results_per_query: int = 10     # docs/protocol.md section 3: 10 per query
     snippet_words: int = 25         # the original cut a random 20-30 words; ours is fixed
     visit_sentences: int = 5        # evidence: the best sentences for the goal, in page order
     summary_sentences: int = 2      # summary: the best sentences, best first

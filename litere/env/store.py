@@ -4,8 +4,8 @@ Search latency is bounded by the number of postings scored, not by the corpus: q
 first while their document counts add up to at most `max_candidates` (the rarest term is always kept), and
 at most `max_candidates` matching documents are scored. Terms left out are the most common ones, whose BM25
 weight is small anyway; on corpora where no query reaches the bound (the bundled worlds) ranking is exact BM25.
-Document counts come from the `terms` table, rebuilt after each ingest (a single-term lookup in FTS5's own
-vocabulary table took milliseconds on SQLite 3.40, as long as a query).
+Document counts come from the `terms` table, rebuilt after each ingest (looking terms up in FTS5's own
+vocabulary table costs about as much as the search itself).
 """
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """Goal-conditioned page summaries for the visit tool: an extractive default and an LLM summariser.
 
-A summariser maps (page text, goal) to (evidence, summary), the two parts of the visit text.
+A summariser maps (page text, goal) to (evidence, summary), the two parts of the visit text, or raises
+SummaryError; the visit text of that page is then the protocol's miss text (docs/protocol.md section 3).
 """
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import math
 import re
 import threading
 import time
-import urllib.error
 import urllib.request
 from collections import Counter
 from typing import Protocol
@@ -22,6 +22,10 @@ log = logging.getLogger(__name__)
 
 _WORD = re.compile(r"\S+")
 EMPTY_PAGE = ("The page has no text.", "The page contains no information.")
+
+
+class SummaryError(RuntimeError):
+    """A page could not be summarised."""
 
 
 class Summarizer(Protocol):
@@ -123,11 +127,12 @@ def parse_summary_reply(reply: str) -> tuple[str, str]:
 
 
 class LLMSummarizer:
-    """Asks an OpenAI-compatible /v1/chat/completions endpoint; after `retries` failed retries it falls back
-    to the extractive summariser (counted in `fallbacks`)."""
+    """Asks an OpenAI-compatible /v1/chat/completions endpoint (temperature 0.7 unless set). When every one of the
+    1 + `retries` tries fails (unreachable, HTTP error, unusable reply), it raises SummaryError, or, only when a
+    `fallback` summariser is given, returns that one's summary. Failures are counted in `failures`."""
 
     def __init__(self, base_url: str, model: str, *, api_key: str | None = None, timeout: float = 60.0,
-                 retries: int = 2, retry_delay: float = 1.0, max_tokens: int = 2048, temperature: float = 0.0,
+                 retries: int = 2, retry_delay: float = 1.0, max_tokens: int = 2048, temperature: float = 0.7,
                  fallback: Summarizer | None = None):
         url = base_url.rstrip("/")
         if not url.endswith("/chat/completions"):
@@ -140,8 +145,8 @@ class LLMSummarizer:
         self.retry_delay = retry_delay
         self.max_tokens = max_tokens
         self.temperature = temperature
-        self.fallback = fallback or ExtractiveSummarizer()
-        self.fallbacks = 0
+        self.fallback = fallback
+        self.failures = 0
         self._count_lock = threading.Lock()
 
     def _complete(self, prompt: str) -> str:
@@ -160,14 +165,18 @@ class LLMSummarizer:
 
     def summarize(self, text: str, goal: str) -> tuple[str, str]:
         prompt = _PROMPT.format(goal=goal, page=text)
+        error = None
         for attempt in range(self.retries + 1):
             try:
                 return parse_summary_reply(self._complete(prompt))
             except (OSError, ValueError) as e:   # URLError, HTTPError and timeouts are OSErrors
+                error = e
                 log.warning("summary request to %s failed (attempt %d of %d): %s", self.url, attempt + 1,
                             self.retries + 1, e)
                 if attempt < self.retries:
                     time.sleep(self.retry_delay * (attempt + 1))
         with self._count_lock:
-            self.fallbacks += 1
+            self.failures += 1
+        if self.fallback is None:
+            raise SummaryError(f"summary failed after {self.retries + 1} tries: {error}")
         return self.fallback.summarize(text, goal)

@@ -29,7 +29,8 @@ MODES = ("default", "reduce-overhead")  # reduce-overhead: CUDA graphs
 
 
 class DecodeAttention:
-    """The `cache` argument of `Qwen3.forward` for one new token per sequence, without writing to the cache.
+    """An `AttentionCache` (litere.model) for one new token per sequence that does not write to the cache: it
+    collects the new k/v in `new_kv` for the caller to write.
 
     data: the cache tensor (layers, 2, num_blocks, block_size, kv_heads, head_dim); block_table (B, n_blocks);
     context_lens (B,) tokens of each sequence including the new one, whose k/v are not in the cache yet.

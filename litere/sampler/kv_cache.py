@@ -118,7 +118,8 @@ class PagedKVCache:
 class CacheStep:
     """The cache layout of one forward pass: where each new token's k/v go and which blocks each sequence reads.
 
-    `Qwen3.forward(..., cache=step)` calls `attend` once per layer with the new tokens' q/k/v.
+    An `AttentionCache` (litere.model): `Qwen3.forward(..., cache=step)` calls `attend` once per layer with the new
+    tokens' q/k/v, which writes their k/v into the paged cache and attends over it.
     """
 
     def __init__(self, cache: PagedKVCache, slots: torch.Tensor, block_table: torch.Tensor,

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..cpu import argmax  # row-wise argmax, blocked on CPU
+
 _MASK64 = (1 << 64) - 1
 
 
@@ -211,25 +213,6 @@ def sample(logits: torch.Tensor, rows: Rows) -> tuple[torch.Tensor, torch.Tensor
             tokens = torch.where(rows.greedy, argmax(adjusted)[0], tokens)
     logprobs = scaled.gather(-1, tokens[:, None]).squeeze(-1) - lse
     return tokens, logprobs
-
-
-_ARGMAX_BLOCK = 128
-
-
-def argmax(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Row-wise (first) argmax and maximum of (B, V) values.
-
-    On CPU torch's argmax is a scalar loop, ~0.25 ms per row of a 152k vocabulary; for large vocabularies the
-    maximal 128-wide block is found first with a vectorised amax, then the argmax runs within that block only.
-    """
-    n_rows, width = x.shape
-    if x.device.type != "cpu" or width < 32 * _ARGMAX_BLOCK or width % _ARGMAX_BLOCK:
-        top, index = x.max(-1)
-        return index, top
-    blocks = x.view(n_rows, width // _ARGMAX_BLOCK, _ARGMAX_BLOCK)
-    top, block = blocks.amax(-1).max(-1)  # the first block that holds the maximum
-    within = blocks[torch.arange(n_rows, device=x.device), block].argmax(-1)
-    return block * _ARGMAX_BLOCK + within, top
 
 
 def _sample_filtered(adjusted: torch.Tensor, rows: Rows) -> torch.Tensor:

@@ -252,6 +252,23 @@ class RunLog:
             with (self.run_dir / "metrics.jsonl").open("a") as f:
                 f.write(json.dumps(record) + "\n")
 
+    def rewind_metrics(self, step: int):
+        """Keep the records of steps <= `step` only: a run resumed from that step's checkpoint writes the later
+        steps again."""
+        path = self.run_dir / "metrics.jsonl"
+        if not self.active or not path.is_file():
+            return
+        kept = []
+        for line in path.read_text().splitlines():
+            try:
+                if json.loads(line)["step"] <= step:
+                    kept.append(line + "\n")
+            except json.JSONDecodeError:  # the last line, cut short by a crash after the checkpoint
+                pass
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(kept))
+        tmp.replace(path)  # os.replace: a crash leaves the old file or the new one, never half of it
+
 
 def duration(seconds: float) -> str:
     seconds = int(seconds)

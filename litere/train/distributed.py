@@ -16,7 +16,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, set_model_state_dict
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 from torch.distributed.tensor import DTensor
 
 # Qwen3.forward returns a view of its logprobs; nothing here modifies it in place, which is what the warning is about.
@@ -103,6 +103,13 @@ def shard(model: nn.Module, *, bf16_params: bool):
     # The trainer runs the head on the supervised positions only, in a call of its own: gather the root's
     # parameters (embeddings, final norm, head) for it as for forward.
     register_fsdp_forward_method(model, "token_logprobs")
+
+
+def set_gradient_sync(model: nn.Module, enabled: bool):
+    """Whether the next backward reduce-scatters the gradients (a sharded model only). Off, FSDP2 accumulates
+    unsharded gradients on each rank instead: the micro-batches of a step but the last run without communication."""
+    if isinstance(model, FSDPModule):
+        model.set_requires_gradient_sync(enabled)
 
 
 def load_full_state(model: nn.Module, state: dict | None, env: DistEnv):

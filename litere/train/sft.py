@@ -32,6 +32,9 @@ class SFTConfig(TrainerConfig):
     cutoff_len: int = 65536
     overlong: str = "truncate"  # truncate | drop
     bad_lines: str = "fail"  # fail | skip
+    # an assistant message that does not open with "<think>\n" (the agent's layout): "normalize" puts an empty
+    # thinking block in front of it, "reject" makes its record bad
+    think_layout: str = "normalize"
     pack_tokens: int = 65536  # most input tokens of one micro-batch on one rank
     global_batch: int = 128
     batch_unit: str = "sequences"  # sequences | tokens
@@ -53,7 +56,7 @@ class SFTConfig(TrainerConfig):
     def __post_init__(self):
         super().__post_init__()
         for key, allowed in {"overlong": ("truncate", "drop"), "bad_lines": ("fail", "skip"),
-                             "batch_unit": ("sequences", "tokens")}.items():
+                             "think_layout": ("normalize", "reject"), "batch_unit": ("sequences", "tokens")}.items():
             check_choice(self, key, allowed)
         check_positive(self, "cutoff_len", "pack_tokens", "global_batch")
         if self.context_loss_weight < 0:
@@ -78,8 +81,8 @@ def token_nll(model, batch: MicroBatch, device, autocast_dtype: torch.dtype | No
 
     Scored are the supervised targets (the head never runs on prompts and tool responses), or with
     `every_target` all of them. A micro-batch without supervised targets (a rank with nothing to do) still scores
-    one position, with weight 0, so that its backward pass (and FSDP's gradient collectives) runs like every
-    other rank's.
+    one position, so that its backward pass (and FSDP's gradient collectives) runs like every other rank's; its
+    -logprob is multiplied by 0, so no loss term counts it.
     """
     batch = batch.to(device)
     supervised = batch.weights.nonzero().squeeze(1)
@@ -93,7 +96,7 @@ def token_nll(model, batch: MicroBatch, device, autocast_dtype: torch.dtype | No
     with autocast:
         hidden = model(batch.input_ids, batch.positions, seqlens=batch.seqlens)
         logprobs = model.token_logprobs(hidden[scored], batch.targets[scored])
-    return -logprobs, batch.weights[scored]
+    return (-logprobs if len(supervised) else logprobs * 0), batch.weights[scored]
 
 
 def summed_nll(model, batch: MicroBatch, device, autocast_dtype: torch.dtype | None) -> torch.Tensor:
@@ -158,6 +161,7 @@ def _train(cfg: SFTConfig, env: DistEnv) -> Path:
     if resume_from is not None:
         state = checkpoint.load(resume_from, model, optimizer, scheduler, env)
         step, position = state["step"], DataPosition(**state["data_position"])
+        log.rewind_metrics(step)
         if state["data_fingerprint"] != planner.dataset.fingerprint():
             log.info(f"warning: the training data differ from those of {resume_from}; the data position may not "
                      "mean the same documents")
@@ -182,7 +186,8 @@ def _train(cfg: SFTConfig, env: DistEnv) -> Path:
         batch = planner.batch(position, env.rank, env.world_size)
         scale = env.world_size / batch.supervised_tokens
         nll = torch.zeros((), dtype=torch.float64, device=env.device)
-        for micro in batch.micro_batches:
+        for i, micro in enumerate(batch.micro_batches):
+            distributed.set_gradient_sync(model, i == len(batch.micro_batches) - 1)
             nll += micro_step(model, micro, scale, env.device, autocast_dtype, cfg.context_loss_weight).double()
         loss = float(distributed.all_reduce_sum(nll, env)) / batch.supervised_tokens
         lr = scheduler.get_last_lr()[0]
@@ -224,7 +229,8 @@ def _train(cfg: SFTConfig, env: DistEnv) -> Path:
 
 def _load_data(cfg: SFTConfig, tokenizer: Tokenizer, log: RunLog) -> tuple[BatchPlanner, BatchPlanner | None]:
     """The training plan and, with eval_files, a plan that covers the whole evaluation set in one step."""
-    settings = dict(cutoff_len=cfg.cutoff_len, overlong=cfg.overlong, bad_lines=cfg.bad_lines, log=log.info)
+    settings = dict(cutoff_len=cfg.cutoff_len, overlong=cfg.overlong, bad_lines=cfg.bad_lines,
+                    think_layout=cfg.think_layout, log=log.info)
     dataset, stats = load_sft_dataset(cfg.train_files, tokenizer, **settings)
     log.info(f"data: {stats.summary()}")
     planner = BatchPlanner(dataset, global_batch=cfg.global_batch, unit=cfg.batch_unit, pack_tokens=cfg.pack_tokens,

@@ -3,7 +3,9 @@
 Readers take JSON lines or a JSON array of records, each either `{"messages": [{"role", "content"}, ...]}` or
 LLaMA-Factory's sharegpt form `{"conversations": [{"from", "value"}, ...], "system": ...}`. Tokens come from
 `Tokenizer.encode_conversation`, the agent's own token stream, so the labels cover exactly the tokens a policy
-samples (assistant text after the opening `<think>\\n`, plus the closing `<|im_end|>`).
+samples (assistant text after the opening `<think>\\n`, plus the closing `<|im_end|>`). An assistant message must
+open with `<think>\\n` as the agent's turns do (its generation prompt ends with it); one that does not gets an empty
+thinking block (think_layout="normalize") or stops loading (think_layout="reject").
 
 A training step takes one global batch from the epoch's permutation; every rank computes the same plan (which
 documents, which rank, which micro-batch), so the plan and therefore the loss do not depend on the world size.
@@ -24,6 +26,8 @@ from ..tokenizer import Tokenizer
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                   "function_call": "assistant", "observation": "tool", "tool": "tool"}
 MESSAGE_ROLES = ("system", "user", "assistant", "tool")
+THINK_OPEN = "<think>\n"
+EMPTY_THINK = "<think>\n\n</think>\n\n"
 
 
 class DataError(ValueError):
@@ -152,6 +156,21 @@ def _tool_call_text(value: str) -> str:
                                                   ensure_ascii=False) + "\n</tool_call>" for c in calls)
 
 
+def agent_layout(messages: list[dict], think_layout: str) -> tuple[list[dict], int]:
+    """The messages with every assistant message opening with `<think>\\n`, and how many were given an empty
+    thinking block for it; raises ValueError for one that cannot be."""
+    out, normalised = [], 0
+    for i, m in enumerate(messages):
+        if m["role"] == "assistant" and not m["content"].startswith(THINK_OPEN):
+            if think_layout == "reject":
+                raise ValueError(f"message {i} (assistant) does not start with {THINK_OPEN!r} (think_layout='reject')")
+            if "<think>" in m["content"] or "</think>" in m["content"]:  # an empty block in front would double it
+                raise ValueError(f"message {i} (assistant) has a thinking tag but does not start with {THINK_OPEN!r}")
+            m, normalised = {"role": "assistant", "content": EMPTY_THINK + m["content"]}, normalised + 1
+        out.append(m)
+    return out, normalised
+
+
 # --- tokenised dataset --------------------------------------------------------------------------------------------
 @dataclass
 class DataStats:
@@ -161,6 +180,7 @@ class DataStats:
     truncated: int = 0
     dropped_overlong: int = 0
     no_labels: int = 0
+    think_added: int = 0  # assistant messages given an empty thinking block (think_layout="normalize")
     kept: int = 0
     tokens: int = 0
     supervised_tokens: int = 0
@@ -170,7 +190,8 @@ class DataStats:
         return (f"{self.kept:,} conversations ({self.tokens:,} tokens, {self.supervised_tokens:,} supervised) from "
                 f"{self.records:,} records in {self.files} file(s); {self.truncated} truncated, "
                 f"{self.dropped_overlong} dropped as over-long, {self.no_labels} without assistant tokens, "
-                f"{self.bad} bad records skipped")
+                f"{self.bad} bad records skipped; {self.think_added} assistant messages given an empty thinking "
+                "block")
 
 
 @dataclass
@@ -201,16 +222,21 @@ class SFTDataset:
 
 
 def load_sft_dataset(paths: list[str | Path], tokenizer: Tokenizer, *, cutoff_len: int, overlong: str = "truncate",
-                     bad_lines: str = "fail", log: Callable[[str], None] = print) -> tuple[SFTDataset, DataStats]:
+                     bad_lines: str = "fail", think_layout: str = "normalize", log: Callable[[str], None] = print
+                     ) -> tuple[SFTDataset, DataStats]:
     """Read, check and tokenise every conversation of `paths`.
 
     overlong: "truncate" keeps the first `cutoff_len` tokens, "drop" leaves the conversation out.
     bad_lines: "fail" raises DataError at the first bad record, "skip" counts it and reports the first few.
+    think_layout: an assistant message that does not open with `<think>\\n` gets an empty thinking block in front
+    ("normalize") or makes its record bad ("reject").
     """
     if overlong not in ("truncate", "drop"):
         raise ValueError(f"overlong={overlong!r}: expected 'truncate' or 'drop'")
     if bad_lines not in ("fail", "skip"):
         raise ValueError(f"bad_lines={bad_lines!r}: expected 'fail' or 'skip'")
+    if think_layout not in ("normalize", "reject"):
+        raise ValueError(f"think_layout={think_layout!r}: expected 'normalize' or 'reject'")
     if cutoff_len < 2:
         raise ValueError(f"cutoff_len={cutoff_len}: need at least 2 tokens")
     if not paths:
@@ -224,7 +250,8 @@ def load_sft_dataset(paths: list[str | Path], tokenizer: Tokenizer, *, cutoff_le
                 if isinstance(record, DataError):
                     raise record
                 try:
-                    ids, mask = tokenizer.encode_conversation(conversation_messages(record))
+                    messages, normalised = agent_layout(conversation_messages(record), think_layout)
+                    ids, mask = tokenizer.encode_conversation(messages)
                 except ValueError as e:
                     raise DataError(f"{where}: {e}") from None
             except DataError as e:
@@ -235,6 +262,7 @@ def load_sft_dataset(paths: list[str | Path], tokenizer: Tokenizer, *, cutoff_le
                     stats.bad_examples.append(str(e))
                     log(f"skipping bad record {e}")
                 continue
+            stats.think_added += normalised
             if len(ids) > cutoff_len:
                 if overlong == "drop":
                     stats.dropped_overlong += 1

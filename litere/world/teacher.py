@@ -12,7 +12,7 @@ import random
 import re
 
 from litere.env import LocalEnv
-from litere.tokenizer import SYSTEM_PROMPT, USER_PREFIX
+from litere.tokenizer import SYSTEM_PROMPT, USER_PREFIX, tool_response_block
 from litere.world.generate import FACT, GOAL, World, WorldQuestion
 
 # a word the expert sometimes adds to the name it searches for
@@ -41,7 +41,7 @@ def tool_turn(name: str, arguments: dict, thought: str) -> dict:
 
 
 def tool_response(text: str) -> dict:
-    return {"role": "user", "content": f"<tool_response>\n{text}\n</tool_response>"}
+    return {"role": "user", "content": tool_response_block(text)}
 
 
 def result_rank(search_text: str, url: str) -> int | None:
