@@ -8,8 +8,8 @@
 3. tokenizer  a byte-level BPE with the Qwen3 special tokens, trained on the training text (litere.bpe); numbers
               are spelt in two-digit tokens, which a small model copies far more reliably than single digits
 4. SFT        configs/demo_sft.toml through litere.train.sft, the trainer of `train.py --stage sft` (a fixed number of
-              steps, about 9 minutes on 2 cores); exports DIR/sft/final (model and tokenizer)
-5. eval       litere.agent.evaluate, the code of eval.py, on the held-out world and on a sample of training
+              steps; README.md gives the time on 2 cores); exports DIR/sft/final (model and tokenizer)
+5. eval       litere.evaluation.evaluate, the code of eval.py, on the held-out world and on a sample of training
               questions, greedy, one sample per question
 Each stage reuses what an earlier run left (a finished world, data, tokenizer, SFT run or evaluation with the
 same settings) and an interrupted SFT run resumes from its last checkpoint; --fresh starts over.
@@ -116,12 +116,14 @@ def prepare_world(out: Path, config: BuildConfig) -> Path:
 
 
 def prepare_data(out: Path, world: Path) -> Path:
-    """The world's SFT files with the demo system prompt: data/train.jsonl and data/eval.jsonl (held-out loss)."""
+    """The world's SFT files with the demo system prompt: data/train.jsonl and data/eval.jsonl (held-out loss), and
+    the prompt itself in data/system_prompt.txt (for the RL stage's `system_prompt` setting)."""
     data = out / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    (data / "system_prompt.txt").write_text(DEMO_SYSTEM_PROMPT)
     settings = {"world": (world / ".stamp").read_text(), "system": DEMO_SYSTEM_PROMPT}
     if _done(data, settings):
         return data
-    data.mkdir(parents=True, exist_ok=True)
     files = load_manifest(world)["files"]
     for source, target in ((files["train_sft"], "train.jsonl"), (files["eval_sft"], "eval.jsonl")):
         tmp = data / f".{target}.tmp"
@@ -195,11 +197,7 @@ def run_sft(cfg: sft.SFTConfig, data: Path, tokenizer: Path) -> Path:
 
 def training_summary(run_dir: Path) -> dict:
     """Steps, tokens, seconds and losses of the SFT run, from its metrics.jsonl."""
-    by_step = {}
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        by_step[record["step"]] = record  # a resumed run repeats steps: the last record of a step wins
-    records = [by_step[s] for s in sorted(by_step)]
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     last = records[-1]
     seconds = last.get("train_s", sum(r["step_s"] for r in records))
     tail = records[-20:]
@@ -229,11 +227,11 @@ def run_eval(name: str, evals: Path, model_dir: Path, questions_file: Path, ques
         log(f"eval ({name}): reusing {directory}")
         report = json.loads((directory / "report.json").read_text())
         return report
-    log(f"eval ({name}): {len(questions)} questions, {'greedy' if greedy else 'PROTOCOL sampling'}")
+    log(f"eval ({name}): {len(questions)} questions, {'greedy' if greedy else 'the evaluation sampling of docs/protocol.md section 7'}")
     model = load_model(model_dir).eval()
     tokenizer = Tokenizer.from_dir(model_dir)
     sampler = Sampler(model, max_cache_tokens=EVAL_AGENT["max_concurrent"] * EVAL_AGENT["max_context_tokens"],
-                      max_num_seqs=EVAL_AGENT["max_concurrent"], stop_token_ids=(tokenizer.im_end_id,), seed=0)
+                      max_num_seqs=EVAL_AGENT["max_concurrent"], stop_token_ids=tokenizer.stop_token_ids, seed=0)
     env = Environments(None, **world_env_settings(questions_file))
     start = time.perf_counter()
     report = evaluate(model, tokenizer, questions, env, 1, params=params, config=agent, sampler=sampler,
@@ -268,7 +266,7 @@ def summary(profile_name: str, out: Path, model_dir: Path, training: dict, held_
         return {"accuracy": accuracy_by_type(report), "well_formed": report["well_formed"],
                 "termination": report["termination"],
                 "tool_calls_per_trajectory": report["per_trajectory"]["tool_calls"]["mean"],
-                "turns_per_trajectory": report["per_trajectory"]["turns"]["mean"],
+                "assistant_turns_per_trajectory": report["per_trajectory"]["assistant_turns"]["mean"],
                 "calls_per_tool": {name: s["calls"] for name, s in report["tools"].items()},
                 "tool_success": {name: s["success_rate"] for name, s in report["tools"].items()},
                 "eval_seconds": report.get("eval_seconds")}
@@ -288,7 +286,7 @@ def summary_markdown(s: dict) -> str:
         return f"{100 * acc['accuracy']:.1f}% ({acc['questions']})" if acc else "-"
 
     t = s["training"]
-    decoding = "greedy" if s["sampling"]["temperature"] == 0 else "PROTOCOL.md sampling"
+    decoding = "greedy" if s["sampling"]["temperature"] == 0 else "docs/protocol.md section 7 sampling"
     lines = ["# litere demo: SFT on the mini world", "",
              f"Profile {s['profile']}; checkpoint {s['checkpoint']}; {decoding}, one sample per question.", "",
              "| accuracy (questions) | held-out world (unseen names) | training worlds |", "|---|---:|---:|"]
@@ -319,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fresh", action="store_true", help="delete the output directory first")
     parser.add_argument("--threads", type=int, help="CPU threads for training and evaluation (default: config's)")
     parser.add_argument("--budget-minutes", type=float, help="train for this many minutes instead of a step count")
-    parser.add_argument("--sampling", action="store_true", help="evaluate with PROTOCOL.md sampling, not greedy")
+    parser.add_argument("--sampling", action="store_true", help="evaluate with the sampling of docs/protocol.md section 7, not greedy")
     parser.add_argument("--held-out-questions", type=int, help="held-out questions to evaluate")
     parser.add_argument("--training-questions", type=int, help="training questions to evaluate")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="SFT config overrides (as train.py)")

@@ -5,7 +5,7 @@ KV cache (sampling), and no token attends across documents. Module names equal t
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +15,7 @@ from torch.utils.checkpoint import checkpoint
 import kernels
 
 from .config import ModelConfig
+from .cpu import linear  # F.linear, in the layout the host runs fastest for decode-sized batches
 
 
 class RMSNorm(nn.Module):
@@ -44,24 +45,24 @@ def apply_rotary(x, cos, sin):
     return torch.addcmul(x * cos, swapped, sin)
 
 
-def linear(x, weight):
-    """F.linear for a (rows, in) input. With 16-32 fp32 rows on CPU it computes (weight @ x.T).T instead: MKL's
-    sgemm runs that layout 1.3-2x faster for so few rows (decode batches), while for 2-8 rows it is the slower one.
-    The result may be a transposed (non-contiguous) view. Under torch.compile the row range becomes a guard (one
-    graph per range), and only weights of 1,024+ inputs take the transposed layout: in a compiled step of the `tiny`
-    preset the transposed activations slowed the fused kernels more than the matmuls gained (2.9 vs 2.4 ms at 16
-    rows), while the `qwen3-0.6b` shape gained 13% (200 vs 230 ms)."""
-    if (x.dtype == torch.float32 and x.device.type == "cpu"
-            and (weight.shape[1] >= 1024 or not torch.compiler.is_compiling()) and 16 <= x.shape[0] <= 32):
-        return torch.mm(weight, x.t()).t()
-    return F.linear(x, weight)
+@runtime_checkable
+class AttentionCache(Protocol):
+    """What `Qwen3.forward(..., cache=...)` attends through when sampling, in place of packed documents.
+
+    Each attention layer calls `attend` once with its index and the new tokens' q (T, Hq, D) and k/v (T, Hkv, D),
+    after rotary embedding; the cache keeps the k/v it needs and returns the attention output (T, Hq, D) of the new
+    tokens over their sequences' earlier and new keys. Implemented by the sampler's `CacheStep` (kv_cache.py) and
+    `DecodeAttention` (decode_graph.py).
+    """
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor: ...
 
 
 class Layout(NamedTuple):
-    """Where each token's keys live: packed documents (`cu_seqlens`) or a KV cache with an `attend` method."""
+    """Where each token's keys live: packed documents (`cu_seqlens`) or a KV cache."""
     cu_seqlens: torch.Tensor | None = None
     max_seqlen: int = 0
-    cache: object = None
+    cache: AttentionCache | None = None
 
 
 class Attention(nn.Module):
@@ -147,13 +148,14 @@ class Qwen3(nn.Module):
                 else:
                     p.normal_(0.0, std, generator=generator)
 
-    def forward(self, input_ids, positions, *, cache=None, seqlens=None, targets=None, temperature=1.0):
+    def forward(self, input_ids, positions, *, cache: AttentionCache | None = None, seqlens=None, targets=None,
+                temperature=1.0):
         """Hidden states after the final norm, shaped like `input_ids` + (hidden,).
 
         input_ids/positions: (T,) packed stream or (B, T) rows of one document each. `seqlens` splits the
-        flattened stream into documents; `cache` (an object with `attend(layer_idx, q, k, v)`) replaces it when
-        sampling. Given `targets`, returns their `token_logprobs` instead (so that the head runs inside forward,
-        where sharded wrappers have gathered its weights).
+        flattened stream into documents; `cache` (an `AttentionCache`) replaces it when sampling. Given `targets`,
+        returns their `token_logprobs` instead (so that the head runs inside forward, where sharded wrappers have
+        gathered its weights).
         """
         if positions.shape != input_ids.shape:
             raise ValueError(f"positions shape {tuple(positions.shape)} != input_ids shape {tuple(input_ids.shape)}")
@@ -182,12 +184,14 @@ class Qwen3(nn.Module):
         return Layout(cu_seqlens=cu_seqlens, max_seqlen=int(lengths.max()))
 
     def logits(self, hidden):
-        if hidden.dim() == 2:  # rows of tokens, as the sampler asks: contiguous, for the reductions over the vocab
+        if hidden.dim() == 2:  # rows of tokens, as the sampler asks; `linear` may return a transposed view, and
+            # the reductions over the vocabulary want contiguous rows
             return linear(hidden, self.lm_head.weight).contiguous()
         return self.lm_head(hidden)
 
-    def token_logprobs(self, hidden, targets, temperature: float = 1.0, chunk: int = 1024):
-        """log softmax(logits / temperature)[target] in fp32, computed `chunk` tokens at a time.
+    def token_logprobs(self, hidden, targets, temperature: float = 1.0, chunk: int = 1024, entropy: bool = False):
+        """log softmax(logits / temperature)[target] in fp32, computed `chunk` tokens at a time; with `entropy`, also
+        the entropy of each token's distribution (a pair of tensors shaped like `targets`).
 
         Each chunk's full-vocabulary logits exist only while that chunk is computed (and are recomputed in
         backward), so a long sequence never holds (T, vocab) fp32 logits.
@@ -200,14 +204,21 @@ class Qwen3(nn.Module):
         for start in range(0, flat_t.numel(), chunk):
             h, t = flat_h[start:start + chunk], flat_t[start:start + chunk]
             if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
-                pieces.append(checkpoint(_chunk_logprobs, h, t, weight, temperature, use_reentrant=False))
+                pieces.append(checkpoint(_chunk_logprobs, h, t, weight, temperature, entropy, use_reentrant=False))
             else:
-                pieces.append(_chunk_logprobs(h, t, weight, temperature))
+                pieces.append(_chunk_logprobs(h, t, weight, temperature, entropy))
         if not pieces:
-            return hidden.new_zeros(targets.shape, dtype=torch.float32)
-        return torch.cat(pieces).view(targets.shape)
+            empty = hidden.new_zeros(targets.shape, dtype=torch.float32)
+            return (empty, empty.clone()) if entropy else empty
+        logprobs = torch.cat([p[0] for p in pieces]).view(targets.shape)
+        if not entropy:
+            return logprobs
+        return logprobs, torch.cat([p[1] for p in pieces]).view(targets.shape)
 
 
-def _chunk_logprobs(h, t, weight, temperature):
+def _chunk_logprobs(h, t, weight, temperature, entropy):
     logits = F.linear(h, weight).float() / temperature
-    return logits.gather(-1, t[:, None]).squeeze(-1) - logits.logsumexp(-1)
+    if not entropy:
+        return (logits.gather(-1, t[:, None]).squeeze(-1) - logits.logsumexp(-1),)
+    normalised = logits - logits.logsumexp(-1, keepdim=True)
+    return normalised.gather(-1, t[:, None]).squeeze(-1), -(normalised.exp() * normalised).sum(-1)

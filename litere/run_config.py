@@ -19,8 +19,10 @@ class RunConfigError(ValueError):
     """A config file or override cannot be used; the message names the file, key or value at fault."""
 
 
-def load(cls, path: str | Path | None = None, overrides: list[str] = ()):
-    """An instance of the dataclass `cls` from the TOML file `path` (optional) updated by `key=value` overrides."""
+def load(cls, path: str | Path | None = None, overrides: list[str] = (), *, file_subset: bool = False):
+    """An instance of the dataclass `cls` from the TOML file `path` (optional) updated by `key=value` overrides.
+    With `file_subset`, keys of the file that `cls` does not have are left out (a stage reading the settings it
+    shares with another stage's config); unknown overrides are still an error."""
     values: dict = {}
     if path is not None:
         path = Path(path)
@@ -30,6 +32,9 @@ def load(cls, path: str | Path | None = None, overrides: list[str] = ()):
             raise RunConfigError(f"{path}: no such config file") from None
         except tomllib.TOMLDecodeError as e:
             raise RunConfigError(f"{path}: not valid TOML ({e})") from None
+        if file_subset:
+            known = {f.name for f in dataclasses.fields(cls)}
+            values = {k: v for k, v in values.items() if k in known}
     source = str(path) if path is not None else "defaults"
     for item in overrides:
         key, value = parse_override(item)

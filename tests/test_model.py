@@ -118,6 +118,18 @@ def test_token_logprobs_equal_log_softmax_and_have_gradients(temperature):
     torch.testing.assert_close(via_forward, chunked)
 
 
+def test_token_entropy_equals_the_full_distributions_and_has_gradients():
+    model = random_model(small_config())
+    ids = torch.randint(0, 256, (19,), generator=torch.Generator().manual_seed(7))
+    hidden = model(ids, torch.arange(19))
+    logprobs, entropy = model.token_logprobs(hidden, torch.roll(ids, -1), 0.8, chunk=4, entropy=True)
+    log_p = F.log_softmax(model.logits(hidden).float() / 0.8, -1)
+    torch.testing.assert_close(entropy, -(log_p.exp() * log_p).sum(-1), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(logprobs, model.token_logprobs(hidden, torch.roll(ids, -1), 0.8))
+    (grad,) = torch.autograd.grad(entropy.sum(), model.lm_head.weight)
+    assert grad.abs().sum() > 0
+
+
 def test_qwen3_4b_on_meta_has_transformers_names_shapes_and_size():
     from transformers import Qwen3Config, Qwen3ForCausalLM
 

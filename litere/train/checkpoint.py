@@ -42,17 +42,18 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     return sorted(p for p in root.glob("step_*") if (p / TRAINER_STATE).is_file())
 
 
-def save(run_dir: Path, step: int, model, optimizer, scheduler, trainer_state: dict, env: DistEnv, keep: int = 2):
-    """Every rank calls this; the checkpoint appears under its final name only once all ranks have written."""
+def save(run_dir: Path, step: int, model, optimizer, scheduler, trainer_state: dict, env: DistEnv, keep: int = 2,
+         extra: dict | None = None):
+    """Every rank calls this; the checkpoint appears under its final name only once all ranks have written.
+    `extra` maps names to further (model, optimizer) pairs saved beside the main one (the RL critic)."""
     final = checkpoint_dir(run_dir, step)
     tmp = final.with_name(TMP_PREFIX + final.name)
     if env.is_main:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     distributed.barrier(env)
-    model_state, optim_state = get_state_dict(model, optimizer)
     with _single_process_quiet():
-        dcp.save({"model": model_state, "optim": optim_state}, checkpoint_id=str(tmp), no_dist=not env.distributed)
+        dcp.save(_states(model, optimizer, extra), checkpoint_id=str(tmp), no_dist=not env.distributed)
     (tmp / "rng").mkdir(exist_ok=True)
     torch.save(_rng_state(), tmp / "rng" / f"rank{env.rank}.pt")
     distributed.barrier(env)
@@ -67,23 +68,36 @@ def save(run_dir: Path, step: int, model, optimizer, scheduler, trainer_state: d
     return final
 
 
-def load(path: Path, model, optimizer, scheduler, env: DistEnv) -> dict:
-    """Restore model, optimizer, scheduler and this rank's RNG from `path`; returns the trainer state."""
+def load(path: Path, model, optimizer, scheduler, env: DistEnv, extra: dict | None = None) -> dict:
+    """Restore model, optimizer, scheduler (and the `extra` pairs, as saved) and this rank's RNG from `path`;
+    returns the trainer state."""
     path = Path(path)
     state_file = path / TRAINER_STATE
     if not state_file.is_file():
         raise FileNotFoundError(f"{path}: not a complete checkpoint ({TRAINER_STATE} missing)")
     trainer_state = json.loads(state_file.read_text())
-    model_state, optim_state = get_state_dict(model, optimizer)
-    state = {"model": model_state, "optim": optim_state}
+    state = _states(model, optimizer, extra)
     with _single_process_quiet():
         dcp.load(state, checkpoint_id=str(path), no_dist=not env.distributed)
-    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    for prefix, (m, o) in _pairs(model, optimizer, extra).items():
+        set_state_dict(m, o, model_state_dict=state[prefix + "model"], optim_state_dict=state[prefix + "optim"])
     scheduler.load_state_dict(trainer_state["scheduler"])
     rng_file = path / "rng" / f"rank{env.rank}.pt"
     if rng_file.is_file():  # absent when resuming on more ranks than wrote the checkpoint
         _set_rng_state(torch.load(rng_file, weights_only=False))
     return trainer_state
+
+
+def _states(model, optimizer, extra: dict | None) -> dict:
+    """{"model", "optim"} of the main pair and {"<name>.model", "<name>.optim"} of each extra pair."""
+    states = {}
+    for prefix, (m, o) in _pairs(model, optimizer, extra).items():
+        states[prefix + "model"], states[prefix + "optim"] = get_state_dict(m, o)
+    return states
+
+
+def _pairs(model, optimizer, extra: dict | None) -> dict:
+    return {"": (model, optimizer), **{f"{name}.": pair for name, pair in (extra or {}).items()}}
 
 
 def remove_partial(run_dir: Path, env: DistEnv):

@@ -1,0 +1,141 @@
+"""The difficulty curriculum (`train.py --stage filter`, docs/protocol.md section 5): K rollouts per question with
+the current model; the questions with 1..K-1 correct are kept for the next RL stage.
+
+Written to out_dir as each question finishes (append and flush, so a killed run resumes without redoing finished
+questions): passes.rank{R}.jsonl, one line per question {id, correct, samples, data_source, response_tokens_mean,
+response_tokens_max}. At the end: kept.jsonl (the kept questions in the JSON-lines question format, with their
+pass count and length bucket), buckets.json (kept counts by data_source x trajectory-length bucket, the stage-2
+buckets) and summary.json.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from ..agent import Agent
+from ..questions import Environments
+from ..reward import score_trajectories
+from ..tokenizer import Tokenizer
+from ..train import distributed
+from ..weights import load_model
+from .config import FilterConfig
+from .prompts import load_question_files
+from .rollouts import agent_config, check_prompts, make_judge, make_sampler, sampling_params, system_prompt
+from .sync import rollout_dtype
+
+
+def run_filter(cfg: FilterConfig) -> Path:
+    env = distributed.init(cfg.device)
+    try:
+        return _run(cfg, env)
+    finally:
+        distributed.shutdown(env)
+
+
+def read_passes(out_dir: Path) -> dict[str, dict]:
+    """Every finished question's record, from all ranks' files; a torn last line (a killed writer) is dropped."""
+    done = {}
+    for path in sorted(out_dir.glob("passes.rank*.jsonl")):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            done[record["id"]] = record
+    return done
+
+
+def _run(cfg: FilterConfig, env) -> Path:
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    out_dir = Path(cfg.out_dir)
+    if env.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    distributed.barrier(env)
+    questions = load_question_files(cfg.questions)
+    done = read_passes(out_dir)
+    todo = [q for q in questions if q.id not in done][env.rank::env.world_size]
+    if todo:
+        _roll_out(cfg, env, todo, out_dir / f"passes.rank{env.rank}.jsonl")
+    distributed.barrier(env)
+    if env.is_main:
+        _write_results(cfg, questions, read_passes(out_dir), out_dir)
+    distributed.barrier(env)
+    return out_dir
+
+
+def _roll_out(cfg: FilterConfig, env, questions: list, passes_file: Path):
+    tokenizer = Tokenizer.from_dir(cfg.model)
+    model = load_model(cfg.model, device=env.device, dtype=rollout_dtype(cfg.rollout_dtype, env.device)).eval()
+    system = system_prompt(cfg)
+    check_prompts(questions, tokenizer, cfg, system)
+    judge, k = make_judge(cfg), cfg.samples_per_prompt
+    finished: dict[str, list] = {}
+    _drop_torn_line(passes_file)
+    with passes_file.open("a", encoding="utf-8") as out:
+        def on_trajectory(t):
+            group = finished.setdefault(t.question_id, [])
+            group.append(t)
+            if len(group) < k:
+                return
+            score_trajectories(group, judge)
+            lengths = [len(x.response_ids) for x in group]
+            record = {"id": t.question_id, "correct": int(sum(x.reward > 0 for x in group)), "samples": k,
+                      "data_source": t.data_source, "response_tokens_mean": sum(lengths) / k,
+                      "response_tokens_max": max(lengths)}
+            out.write(json.dumps(record, ensure_ascii=False) + "\n")
+            out.flush()
+            del finished[t.question_id]
+
+        agent = Agent(make_sampler(model, cfg, tokenizer), tokenizer, Environments(cfg.env or None, **cfg.env_settings),
+                      sampling_params(cfg, tokenizer, cfg.seed), agent_config(cfg))
+        agent.run(questions, n=k, on_trajectory=on_trajectory)
+
+
+def _drop_torn_line(path: Path):
+    """A killed writer can leave a last line without its newline; cut it so appending starts on a fresh line."""
+    if not path.is_file():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        path.write_bytes(data[:data.rfind(b"\n") + 1])
+
+
+def length_bucket(tokens: float, bounds: list[int]) -> str:
+    for bound in bounds:
+        if tokens < bound:
+            return f"<{bound}"
+    return f">={bounds[-1]}"
+
+
+def _write_results(cfg: FilterConfig, questions: list, passes: dict[str, dict], out_dir: Path):
+    high = cfg.max_correct if cfg.max_correct >= 0 else cfg.samples_per_prompt - 1
+    kept, buckets = [], {}
+    for q in questions:
+        record = passes.get(q.id)
+        if record is None or not cfg.min_correct <= record["correct"] <= high:
+            continue
+        bucket = length_bucket(record["response_tokens_mean"], cfg.length_buckets)
+        source = q.data_source or "unknown"
+        buckets.setdefault(source, {}).setdefault(bucket, 0)
+        buckets[source][bucket] += 1
+        kept.append({"id": q.id, "question": q.question, "answers": q.answers, "data_source": q.data_source,
+                     "mask_url": q.mask_url, "env": q.env, "correct": record["correct"], "length_bucket": bucket})
+    _atomic_write(out_dir / "kept.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
+    _atomic_write(out_dir / "buckets.json", json.dumps(buckets, indent=2, sort_keys=True) + "\n")
+    histogram = {}
+    for record in passes.values():
+        histogram[record["correct"]] = histogram.get(record["correct"], 0) + 1
+    summary = {"questions": len(questions), "rolled_out": len(passes), "kept": len(kept),
+               "kept_range": [cfg.min_correct, high], "samples_per_question": cfg.samples_per_prompt,
+               "correct_histogram": {str(c): histogram[c] for c in sorted(histogram)}}
+    _atomic_write(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+
+
+def _atomic_write(path: Path, text: str):
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
