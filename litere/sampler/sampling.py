@@ -117,6 +117,7 @@ class Rows:
     all_greedy: bool
     uniforms: torch.Tensor | None      # (B,) float64, None when all rows are greedy
     top_k: torch.Tensor | None = None  # (B,) int64, 0 = off; the filters are None when no row uses any
+    filtered: torch.Tensor | None = None  # (B,) bool: the row uses a filter (the others are drawn unfiltered)
     sort_width: int | None = None      # candidates kept by top-k (None: min-p only, no sort needed)
     top_p: torch.Tensor | None = None
     min_p: torch.Tensor | None = None
@@ -145,6 +146,7 @@ class Rows:
                 rows.sort_width = min(max(p.top_k for p in sampled), vocab_size)
             elif any(p.top_k > 0 or p.top_p < 1 for p in sampled):
                 rows.sort_width = vocab_size
+            rows.filtered = torch.tensor([p.uses_filters for p in params], device=device)
             rows.top_k = torch.tensor([p.top_k for p in params], dtype=torch.int64, device=device)
             rows.top_p = torch.tensor([p.top_p for p in params], dtype=torch.float32, device=device)
             rows.min_p = torch.tensor([p.min_p for p in params], dtype=torch.float32, device=device)
@@ -204,23 +206,23 @@ def sample(logits: torch.Tensor, rows: Rows) -> tuple[torch.Tensor, torch.Tensor
     if rows.all_greedy:
         tokens = argmax(adjusted)[0]
     else:
-        if rows.top_k is not None:
-            tokens = _sample_filtered(adjusted, rows)
-        else:
-            probs = (scaled - lse[:, None]).exp() if adjusted is scaled else adjusted.softmax(-1)
-            tokens = _inverse_cdf(probs, rows.uniforms)
+        # Every sampled row draws from its own distribution in vocabulary order with the same formula, so a seeded
+        # request gets the same token whatever its batch-mates' settings.
+        allowed = _apply_filters(adjusted, rows) if rows.top_k is not None else adjusted
+        tokens = _inverse_cdf(allowed.softmax(-1), rows.uniforms)
         if rows.greedy is not None:
             tokens = torch.where(rows.greedy, argmax(adjusted)[0], tokens)
     logprobs = scaled.gather(-1, tokens[:, None]).squeeze(-1) - lse
     return tokens, logprobs
 
 
-def _sample_filtered(adjusted: torch.Tensor, rows: Rows) -> torch.Tensor:
+def _apply_filters(adjusted: torch.Tensor, rows: Rows) -> torch.Tensor:
+    """The logits with the entries each filtering row removes set to -inf (rows without filters unchanged)."""
     if rows.sort_width is None:  # min-p alone needs no sort: it compares each probability with the row's largest
         probs = adjusted.softmax(-1)
-        probs = probs.masked_fill(probs < rows.min_p[:, None] * probs.max(-1, keepdim=True).values, 0.0)
-        return _inverse_cdf(probs, rows.uniforms)
-    values, order = adjusted.topk(rows.sort_width, dim=-1, sorted=True)
-    values = filter_sorted(values, rows)
-    picked = _inverse_cdf(values.softmax(-1), rows.uniforms)
-    return order.gather(-1, picked[:, None]).squeeze(-1)
+        keep = probs >= rows.min_p[:, None] * probs.max(-1, keepdim=True).values
+    else:
+        values, order = adjusted.topk(rows.sort_width, dim=-1, sorted=True)
+        kept = filter_sorted(values, rows) > float("-inf")
+        keep = torch.zeros_like(adjusted, dtype=torch.bool).scatter(-1, order, kept)
+    return adjusted.masked_fill(~(keep | ~rows.filtered[:, None]), float("-inf"))
