@@ -59,13 +59,19 @@ class Page:
 class PageStore:
     """Pages and their full-text index in one SQLite file (or in memory with path ":memory:").
 
-    Safe to share between threads: a file store lends each caller an idle connection from its pool (so the
-    pool grows to the number of concurrent callers); an in-memory store has one connection behind a lock.
+    Safe to share between threads: a file store lends each caller an idle connection from its pool, which grows
+    to at most `max_connections` (default 4 per CPU, at most 32; callers beyond it wait for one to come back), so
+    its memory and mapped pages stay bounded however many threads call at once; an in-memory store has one
+    connection behind a lock.
     """
 
     def __init__(self, path: str | os.PathLike, *, readonly: bool = False, max_candidates: int = 10_000,
-                 title_weight: float = 2.0):
+                 title_weight: float = 2.0, max_connections: int | None = None):
         self.path = str(path)
+        self.max_connections = min(32, 4 * (os.cpu_count() or 1)) if max_connections is None else max_connections
+        if self.max_connections < 1:
+            raise ValueError(f"max_connections must be >= 1, got {max_connections}")
+        self._slots = threading.BoundedSemaphore(self.max_connections)
         self.readonly = readonly
         self.max_candidates = max_candidates
         self.title_weight = title_weight
@@ -104,17 +110,18 @@ class PageStore:
             with self._lock:
                 yield self._memory_conn
             return
-        try:
-            conn = self._idle.get_nowait()
-        except queue.Empty:
-            conn = self._open()
-        try:
-            yield conn
-        finally:
-            if self._closed:
-                conn.close()
-            else:
-                self._idle.put(conn)
+        with self._slots:
+            try:
+                conn = self._idle.get_nowait()
+            except queue.Empty:
+                conn = self._open()
+            try:
+                yield conn
+            finally:
+                if self._closed:
+                    conn.close()
+                else:
+                    self._idle.put(conn)
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -211,6 +218,12 @@ class PageStore:
             return conn.execute("SELECT count(*) FROM pages").fetchone()[0]
 
     def get(self, url: str) -> Page | None:
+        """The page stored under exactly this URL, or None."""
+        if not url.isascii():
+            try:
+                url.encode("utf-8")
+            except UnicodeEncodeError:   # a lone surrogate: no stored URL holds one (and SQLite cannot take it)
+                return None
         with self.connection() as conn:
             row = conn.execute("SELECT url, title, text FROM pages WHERE url = ?", (url,)).fetchone()
         return None if row is None else Page(*row)
