@@ -10,6 +10,7 @@ row's top level). Reading parquet needs pyarrow.
 from __future__ import annotations
 
 import json
+import math
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,88 +37,182 @@ def load_questions(path, limit: int | None = None) -> list[Question]:
     path = Path(path)
     if not path.is_file():
         raise QuestionFileError(f"{path}: no such question file")
-    questions = _read_parquet(path) if path.suffix == ".parquet" else _read_jsonl(path)
-    seen: set[str] = set()
-    for q in questions:
+    rows = _read_parquet(path) if path.suffix == ".parquet" else _read_jsonl(path)
+    seen: dict[str, str] = {}
+    for where, q in rows:
         if q.id in seen:
-            raise QuestionFileError(f"{path}: question id {q.id!r} appears more than once")
-        seen.add(q.id)
+            raise QuestionFileError(f"{where}: key 'id': question id {q.id!r} appears more than once "
+                                    f"(first at {seen[q.id]})")
+        seen[q.id] = where
+    questions = [q for _, q in rows]
     return questions[:limit] if limit is not None else questions
 
 
+def _text(value, where: str, key: str, *, optional: bool = False, empty: bool = False) -> str | None:
+    """`value` as a string field: None where `optional` allows it; an empty one only where `empty` allows it;
+    never one that holds an unpaired surrogate (it could not be written back as UTF-8)."""
+    if value is None and optional:
+        return None
+    if not isinstance(value, str):
+        kind = "a string or null" if optional else "a string"
+        raise QuestionFileError(f"{where}: key {key!r} must be {kind}, got {_kind(value)}")
+    if not empty and not value.strip():
+        raise QuestionFileError(f"{where}: key {key!r} is empty")
+    _check_utf8(value, where, key)
+    return value
+
+
+def _check_utf8(value: str, where: str, key: str):
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise QuestionFileError(f"{where}: key {key!r} holds an unpaired surrogate {value[e.start]!r} at "
+                                f"character {e.start}") from None
+
+
+def _kind(value) -> str:
+    return "null" if value is None else f"{type(value).__name__} {_short(value)}"
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _answers(value, where: str) -> list[str]:
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, (list, tuple)) and value and all(isinstance(a, (str, int, float)) for a in value):
-        return [str(a) for a in value]
-    raise QuestionFileError(f"{where}: answers must be a string or a non-empty list of strings, got {value!r}")
+    """A string, a number (a year) or a non-empty list of them, as strings; where: `file:line: key 'answers'`."""
+    items = [value] if isinstance(value, (str, int, float)) and not isinstance(value, bool) else value
+    if not isinstance(items, (list, tuple)) or not items:
+        raise QuestionFileError(f"{where}: answers must be a string or a non-empty list of strings, got "
+                                f"{_kind(value)}")
+    out = []
+    for i, a in enumerate(items):
+        if isinstance(a, bool) or not isinstance(a, (str, int, float)) or (isinstance(a, float)
+                                                                           and not math.isfinite(a)):
+            raise QuestionFileError(f"{where}: answers must be a string or a non-empty list of strings; item {i} "
+                                    f"is {_kind(a)}")
+        a = str(a)
+        if not a.strip():
+            raise QuestionFileError(f"{where}: answers must not be empty; item {i} is {a!r}")
+        try:
+            a.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise QuestionFileError(f"{where}: item {i} holds an unpaired surrogate at character {e.start}"
+                                    ) from None
+        out.append(a)
+    return out
 
 
 def _env(value, base: Path, where: str) -> str | None:
+    """where: `file:line`."""
     if value is None:
         return None
-    if not isinstance(value, str) or not value:
-        raise QuestionFileError(f"{where}: env must be a path or URL string, got {value!r}")
+    if not isinstance(value, str) or not value or "\0" in value:
+        raise QuestionFileError(f"{where}: key 'env': env must be a path or URL string, got {_kind(value)}")
+    _check_utf8(value, where, "env")
     if value.startswith(("http://", "https://")):
         return value
     return str((base / value).resolve())
 
 
-def _read_jsonl(path: Path) -> list[Question]:
-    questions = []
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{line_no}"
+def _id(value, where: str, default: str) -> str:
+    if value is None:
+        return default
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float) and value.is_integer():  # a parquet column of ints that pandas made floats
+        return str(int(value))
+    if isinstance(value, float):
+        raise QuestionFileError(f"{where}: key 'id' must be a string or an integer, got float {value!r}")
+    return _text(value, where, "id")
+
+
+def _lines(path: Path):
+    """(line number, text) of each non-blank line; a line that is not UTF-8 is an error naming it."""
+    with path.open("rb") as f:
+        for line_no, raw in enumerate(f, 1):
             try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise QuestionFileError(f"{where}: not valid JSON ({e})") from None
-            if not isinstance(row, dict):
-                raise QuestionFileError(f"{where}: expected a JSON object, got {type(row).__name__}")
-            if not isinstance(row.get("question"), str):
-                raise QuestionFileError(f"{where}: missing key 'question' (a string)")
-            if "answers" in row:
-                answers = _answers(row["answers"], f"{where}: key 'answers'")
-            elif "answer" in row:
-                answers = _answers(row["answer"], f"{where}: key 'answer'")
-            else:
-                raise QuestionFileError(f"{where}: missing key 'answers' (or 'answer')")
-            questions.append(Question(
-                id=str(row.get("id", line_no)), question=row["question"], answers=answers,
-                data_source=row.get("data_source"), mask_url=row.get("mask_url") or None,
-                env=_env(row.get("env"), path.parent, f"{where}: key 'env'")))
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise QuestionFileError(f"{path}:{line_no}: not UTF-8 text (byte {raw[e.start]:#04x} at column "
+                                        f"{e.start + 1})") from None
+            if line_no == 1:
+                line = line.removeprefix("\ufeff")  # a byte-order mark
+            if line.strip():
+                yield line_no, line
+
+
+def _read_jsonl(path: Path) -> list[tuple[str, Question]]:
+    questions = []
+    for line_no, line in _lines(path):
+        where = f"{path}:{line_no}"
+        try:
+            row = json.loads(line)
+        except (json.JSONDecodeError, RecursionError) as e:
+            raise QuestionFileError(f"{where}: not valid JSON ({e})") from None
+        if not isinstance(row, dict):
+            raise QuestionFileError(f"{where}: expected a JSON object, got {type(row).__name__}")
+        if "question" not in row:
+            raise QuestionFileError(f"{where}: missing key 'question' (a string)")
+        question = _text(row["question"], where, "question")
+        if "answers" in row:
+            answers = _answers(row["answers"], f"{where}: key 'answers'")
+        elif "answer" in row:
+            answers = _answers(row["answer"], f"{where}: key 'answer'")
+        else:
+            raise QuestionFileError(f"{where}: missing key 'answers' (or 'answer')")
+        questions.append((where, Question(
+            id=_id(row.get("id"), where, str(line_no)), question=question, answers=answers,
+            data_source=_text(row.get("data_source"), where, "data_source", optional=True, empty=True),
+            mask_url=_text(row.get("mask_url"), where, "mask_url", optional=True, empty=True) or None,
+            env=_env(row.get("env"), path.parent, where))))
     return questions
 
 
-def _read_parquet(path: Path) -> list[Question]:
+def _read_parquet(path: Path) -> list[tuple[str, Question]]:
     try:
         import pyarrow.parquet as pq
     except ImportError:
         raise QuestionFileError(f"{path}: reading parquet needs pyarrow; install it with "
                                 "`pip install pyarrow` (or `pip install -e '.[parquet]'`)") from None
+    try:
+        rows = pq.read_table(path).to_pylist()
+    except Exception as e:  # pyarrow's errors: ArrowInvalid, OSError, ...
+        raise QuestionFileError(f"{path}: not a readable parquet file ({type(e).__name__}: {e})") from None
     questions = []
-    for row_no, row in enumerate(pq.read_table(path).to_pylist()):
+    for row_no, row in enumerate(rows):
         where = f"{path}: row {row_no}"
-        extra = row.get("extra_info") or {}
-        truth = (row.get("reward_model") or {}).get("ground_truth")
+        extra = _struct(row.get("extra_info"), where, "extra_info")
+        reward_model = _struct(row.get("reward_model"), where, "reward_model")
+        truth = reward_model.get("ground_truth")
         if isinstance(truth, dict):
             truth = truth.get("target")
         if truth is None:
             raise QuestionFileError(f"{where}: missing reward_model.ground_truth.target")
-        question = extra.get("question") or _question_from_prompt(row.get("prompt"), where)
-        questions.append(Question(
-            id=str(extra["index"]) if extra.get("index") is not None else str(row_no), question=question,
+        question = _text(extra.get("question"), where, "extra_info.question", optional=True, empty=True)
+        question = question if question and question.strip() else _question_from_prompt(row.get("prompt"), where)
+        index = extra.get("index")
+        questions.append((where, Question(
+            id=_id(index, where, str(row_no)) if index is not None else str(row_no), question=question,
             answers=_answers(truth, f"{where}: reward_model.ground_truth.target"),
-            data_source=row.get("data_source"), mask_url=_parquet_mask_url(row, extra)))
+            data_source=_text(row.get("data_source"), where, "data_source", optional=True, empty=True),
+            mask_url=_parquet_mask_url(row, extra, where))))
     return questions
 
 
-def _parquet_mask_url(row: dict, extra: dict) -> str | None:
+def _struct(value, where: str, key: str) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise QuestionFileError(f"{where}: {key} must be a struct (an object), got {_kind(value)}")
+    return value
+
+
+def _parquet_mask_url(row: dict, extra: dict, where: str) -> str | None:
     """extra_info.mask_url, else extra_info.url, else tools_kwargs.search.create_kwargs.url (tools_kwargs under
     extra_info first, then at the top level); empty values count as absent."""
-    candidates = [extra.get("mask_url"), extra.get("url")]
+    candidates = [_text(extra.get("mask_url"), where, "extra_info.mask_url", optional=True, empty=True),
+                  _text(extra.get("url"), where, "extra_info.url", optional=True, empty=True)]
     for tools in (extra.get("tools_kwargs"), row.get("tools_kwargs")):
         search = tools.get("search") if isinstance(tools, dict) else None
         create = search.get("create_kwargs") if isinstance(search, dict) else None
@@ -126,10 +221,11 @@ def _parquet_mask_url(row: dict, extra: dict) -> str | None:
 
 
 def _question_from_prompt(prompt, where: str) -> str:
-    users = [m.get("content") for m in (prompt or []) if isinstance(m, dict) and m.get("role") == "user"]
-    if not users or not isinstance(users[-1], str):
+    users = [m.get("content") for m in (prompt if isinstance(prompt, list) else [])
+             if isinstance(m, dict) and m.get("role") == "user"]
+    if not users or not isinstance(users[-1], str) or not users[-1].removeprefix(USER_PREFIX).strip():
         raise QuestionFileError(f"{where}: neither extra_info.question nor a user message in prompt")
-    return users[-1].removeprefix(USER_PREFIX)
+    return _text(users[-1].removeprefix(USER_PREFIX), where, "prompt")
 
 
 class Environments:

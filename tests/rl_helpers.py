@@ -20,8 +20,8 @@ def toy_conversation(question: str, word: str) -> list[dict]:
 
 
 def make_toy(tmp: Path, questions: int = 16, sft_steps: int = 40, yes_share: float = 0.2) -> Path:
-    """In `tmp`: questions.jsonl (target "yes"), a page store, a tokenizer, and start/ — a tiny model SFT'd to
-    answer "yes" about `yes_share` of the time and "no" otherwise."""
+    """In `tmp`: questions.jsonl (target "yes"), a page store, a tokenizer, and sft/final — a tiny model SFT'd to
+    answer "yes" about `yes_share` of the time and "no" otherwise (sft_steps=0: a random one)."""
     tmp.mkdir(parents=True, exist_ok=True)
     rng = random.Random(0)
     texts = [f"Tell me a word, number {i}." for i in range(questions)]
@@ -41,9 +41,30 @@ def make_toy(tmp: Path, questions: int = 16, sft_steps: int = 40, yes_share: flo
     make_tokenizer(tmp / "tok", conversations + [toy_conversation(t, w) for t in texts for w in WORDS],
                    vocab_size=320)
     (tmp / "system.txt").write_text(SYSTEM)
+    if not sft_steps:  # a random start model: for tests that need the loop to run, not to learn
+        return _random_start(tmp)
     cfg = run_config.load(sft.SFTConfig, None, tiny_overrides(tmp, run_dir=str(tmp / "sft"), max_steps=sft_steps,
                                                               global_batch=32, lr=1e-2))
     sft.train(cfg)
+    return tmp
+
+
+def _random_start(tmp: Path) -> Path:
+    """sft/final: a randomly initialised tiny model (the architecture of tiny_overrides) with the toy tokenizer."""
+    import torch
+
+    from litere.config import ModelConfig
+    from litere.model import Qwen3
+    from litere.tokenizer import Tokenizer
+    from litere.weights import save_model
+
+    arch = {k.removeprefix("arch."): int(v) for k, v in (o.split("=") for o in tiny_overrides(tmp))
+            if k.startswith("arch.")}
+    config = ModelConfig.preset("tiny").replace(vocab_size=Tokenizer.from_dir(tmp / "tok").vocab_size,
+                                                torch_dtype="float32", **arch)
+    model = Qwen3(config)
+    model.init_weights(std=0.02, generator=torch.Generator().manual_seed(0))
+    save_model(model, tmp / "sft" / "final", tokenizer_dir=tmp / "tok")
     return tmp
 
 

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import types
+import typing
 from dataclasses import dataclass, field
 
 # the sampling settings a record keeps (docs/protocol.md section 8); seed is the one that sample was drawn with
@@ -69,13 +72,95 @@ class Trajectory:
 
     @classmethod
     def from_dict(cls, d: dict) -> Trajectory:
-        names = {f.name for f in dataclasses.fields(cls)}
+        """A record read back; raises ValueError naming the field at fault (a wrong type, lengths that differ)."""
+        if not isinstance(d, dict):
+            raise ValueError(f"expected a JSON object, got {type(d).__name__}")
         missing = {"question_id", "sample_index", "question", "answers", "data_source", "prompt_ids"} - d.keys()
         if missing:
             raise ValueError(f"trajectory record lacks {', '.join(sorted(missing))}")
-        kwargs = {k: v for k, v in d.items() if k in names}
-        kwargs["tool_calls"] = [ToolCallRecord(**c) for c in d.get("tool_calls", [])]
-        return cls(**kwargs)
+        kwargs = {k: _checked(v, _HINTS[k], k) for k, v in d.items() if k in _HINTS and k != "tool_calls"}
+        calls = d.get("tool_calls", [])
+        if not isinstance(calls, list):
+            raise ValueError(f"field 'tool_calls' must be a list, got {type(calls).__name__}")
+        kwargs["tool_calls"] = [_tool_call(c, f"tool_calls[{i}]") for i, c in enumerate(calls)]
+        t = cls(**kwargs)
+        n = len(t.response_ids)
+        if len(t.response_mask) != n or len(t.rollout_logprobs) != n:
+            raise ValueError(f"fields 'response_ids', 'response_mask' and 'rollout_logprobs' must have one entry per "
+                             f"token; they have {n}, {len(t.response_mask)} and {len(t.rollout_logprobs)}")
+        if any(m not in (0, 1) for m in t.response_mask):
+            raise ValueError("field 'response_mask' must hold only 0 and 1")
+        if any(i < 0 for i in t.prompt_ids) or any(i < 0 for i in t.response_ids):
+            raise ValueError("fields 'prompt_ids' and 'response_ids' must hold token ids >= 0")
+        if any(math.isnan(x) or x == math.inf for x in t.rollout_logprobs):
+            raise ValueError("field 'rollout_logprobs' holds NaN or +inf")
+        for i, turn in enumerate(t.turns):
+            if not isinstance(turn.get("role"), str) or not isinstance(turn.get("content"), str):
+                raise ValueError(f"field 'turns[{i}]' must have a string 'role' and 'content'")
+        return t
+
+
+def _tool_call(c, name: str) -> ToolCallRecord:
+    if not isinstance(c, dict):
+        raise ValueError(f"field {name!r} must be an object, got {type(c).__name__}")
+    hints = typing.get_type_hints(ToolCallRecord)
+    unknown = set(c) - hints.keys()
+    if unknown:
+        raise ValueError(f"field {name!r} has unknown key(s) {', '.join(sorted(unknown))}")
+    missing = {"turn", "name", "arguments"} - c.keys()
+    if missing:
+        raise ValueError(f"field {name!r} lacks {', '.join(sorted(missing))}")
+    return ToolCallRecord(**{k: _checked(v, hints[k], f"{name}.{k}") for k, v in c.items()})
+
+
+def _checked(value, kind, name: str):
+    """`value` if it has the annotated type `kind` (int, float, str, bool, dict, list[X], X | None), else a
+    ValueError naming the field; floats must not be NaN, strings must be encodable as UTF-8."""
+    def bad(expected: str):
+        text = repr(value)
+        return ValueError(f"field {name!r} must be {expected}, got {type(value).__name__} "
+                          f"{text if len(text) <= 60 else text[:57] + '...'}")
+
+    if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
+        options = [o for o in typing.get_args(kind) if o is not type(None)]
+        if value is None:
+            return None
+        return _checked(value, options[0], name)
+    if typing.get_origin(kind) is list:
+        (item,) = typing.get_args(kind)
+        if not isinstance(value, list):
+            raise bad(f"a list of {item.__name__}")
+        if item is int and all(type(v) is int for v in value):  # the common cases, fast
+            return value
+        if item is float and all(type(v) is float and v == v for v in value):  # v == v: not NaN
+            return value
+        return [_checked(v, item, f"{name}[{i}]") for i, v in enumerate(value)]
+    if kind is int:
+        if type(value) is not int:
+            raise bad("an integer")
+    elif kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad("a number")
+        if math.isnan(value):
+            raise bad("a number, not NaN")
+        return float(value)
+    elif kind is str:
+        if not isinstance(value, str):
+            raise bad("a string")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ValueError(f"field {name!r} holds an unpaired surrogate at character {e.start}") from None
+    elif kind is bool:
+        if not isinstance(value, bool):
+            raise bad("true or false")
+    elif kind is dict:
+        if not isinstance(value, dict):
+            raise bad("an object")
+    return value
+
+
+_HINTS = typing.get_type_hints(Trajectory)
 
 
 def check_trainable(trajectories: list[Trajectory], temperature: float) -> None:
@@ -99,15 +184,30 @@ def write_trajectories(trajectories: list[Trajectory], path) -> None:
             f.write(json.dumps(t.to_dict(), ensure_ascii=False) + "\n")
 
 
+class TrajectoryFileError(ValueError):
+    """A trajectory file cannot be read; the message names the file, line and field at fault."""
+
+
 def read_trajectories(path) -> list[Trajectory]:
     out = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    out.append(Trajectory.from_dict(json.loads(line)))
-                except (ValueError, TypeError) as e:
-                    raise ValueError(f"{path}:{line_no}: not a trajectory record ({e})") from None
+    with open(path, "rb") as f:
+        for line_no, raw in enumerate(f, 1):
+            where = f"{path}:{line_no}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise TrajectoryFileError(f"{where}: not UTF-8 text (byte {raw[e.start]:#04x} at column "
+                                          f"{e.start + 1})") from None
+            if line_no == 1:
+                line = line.removeprefix("\ufeff")
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except (json.JSONDecodeError, RecursionError) as e:
+                raise TrajectoryFileError(f"{where}: not valid JSON ({e})") from None
+            try:
+                out.append(Trajectory.from_dict(record))
+            except (ValueError, TypeError) as e:
+                raise TrajectoryFileError(f"{where}: not a trajectory record ({e})") from None
     return out
-
-

@@ -34,8 +34,8 @@ from ..questions import Environments, Question
 from ..reward import score_trajectories
 from ..sampler import SamplingParams
 from ..train import checkpoint, distributed
-from ..train.core import (WarmupCosine, build_model, build_optimizer, duration, export, full_model_state,
-                          load_tokenizer, model_config, open_run, optimizer_step, resolve_precision)
+from ..train.core import (NonFiniteGuard, WarmupCosine, build_model, build_optimizer, duration, export,
+                          full_model_state, load_tokenizer, model_config, open_run, optimizer_step, resolve_precision)
 from ..train.distributed import DistEnv
 from . import batch as batching
 from .advantage import gae, group_advantages, zero_variance
@@ -213,6 +213,7 @@ class RLRun:
         record.update({"trained_sequences": int(all_reduce_sum([len(samples)], env)[0]),
                        "trained_tokens": int(lengths[1]), "grad_norm": update.get("grad_norm"),
                        "lr": self.scheduler.get_last_lr()[0], "seconds": {k: round(v, 3) for k, v in seconds.items()},
+                       "skipped_updates": update["skipped_updates"],
                        "step_s": round(sum(seconds.values()), 3)})
         record["tokens_per_s"] = {"rollout": lengths[2] / max(seconds["rollout"], 1e-9),
                                   "old_logprobs": lengths[0] / max(seconds["old_logprobs"], 1e-9),
@@ -308,6 +309,10 @@ class RLRun:
         cfg, env = self.cfg, self.env
         sums: dict[str, torch.Tensor] = {}
         norms = []
+        if not hasattr(self, "nonfinite"):  # skipped (non-finite) updates in a row, policy and critic
+            self.nonfinite = NonFiniteGuard(cfg.max_nonfinite_steps, self.run_dir, self.log, "policy updates")
+            self.nonfinite_critic = NonFiniteGuard(cfg.max_nonfinite_steps, self.run_dir, self.log, "critic updates")
+        skipped = 0
         train_policy = self.critic is None or self.step >= cfg.critic_warmup_steps
         for _ in range(cfg.ppo_epochs):
             for micros, norm in plan:
@@ -317,20 +322,24 @@ class RLRun:
                         mb = batching.micro_batch(samples, members, env.device)
                         loss = self._policy_loss(samples, mb, norm, sums)
                         (loss * env.world_size).backward()
-                    norms.append(optimizer_step(self.policy, self.optimizer, self.scheduler, cfg.grad_clip))
+                    grad_norm, stepped = optimizer_step(self.policy, self.optimizer, self.scheduler, cfg.grad_clip)
+                    norms += [grad_norm] if stepped else []
+                    skipped += not stepped
                     add_into(sums, {"policy_updates": torch.tensor(1.0 / env.world_size)})
+                    self.nonfinite.record(stepped, self.step + 1)
                 if self.critic is not None:
                     for k, members in enumerate(micros):
                         distributed.set_gradient_sync(self.critic, k == len(micros) - 1)
                         mb = batching.micro_batch(samples, members, env.device)
                         (self._critic_loss(samples, mb, norm, sums) * env.world_size).backward()
-                    distributed.clip_grad_norm(self.critic.parameters(), cfg.grad_clip)
-                    self.critic_optimizer.step()
-                    self.critic_optimizer.zero_grad(set_to_none=True)
+                    _, stepped = optimizer_step(self.critic, self.critic_optimizer, None, cfg.grad_clip)
+                    skipped += not stepped
                     add_into(sums, {"vf_minibatches": torch.tensor(1.0 / env.world_size)})
+                    self.nonfinite_critic.record(stepped, self.step + 1)
         out = reduce_sums(sums, env)
         if norms:
             out["grad_norm"] = sum(norms) / len(norms)
+        out["skipped_updates"] = skipped  # the same on every rank: the norms are global
         return out
 
     def _policy_loss(self, samples, mb: batching.MicroBatch, norm: Normalizer, sums: dict) -> torch.Tensor:

@@ -60,26 +60,53 @@ class TrainerConfig:
     export: bool = True  # write run_dir/final in the Hugging Face layout at the end
     export_dtype: str = ""  # default: the model config's torch_dtype
     peak_tflops: float = 0.0  # per device, for MFU; 0: looked up from the GPU name
+    # a step whose loss or gradient is not finite is skipped (weights, optimizer and schedule unchanged) and
+    # counted; this many skipped optimizer steps in a row stop the run (0: never stop)
+    max_nonfinite_steps: int = 3
 
     def __post_init__(self):
         choices = {"precision": ("auto", "bf16", "fp32"), "bf16_mode": ("auto", "fsdp", "autocast"),
                    "device": ("auto", "cpu", "cuda"), "export_dtype": ("", *DTYPES)}
         for key, allowed in choices.items():
             check_choice(self, key, allowed)
-        check_positive(self, "log_every")
-        if not 0 <= self.warmup_ratio < 1:
-            raise run_config.RunConfigError(f"warmup_ratio={self.warmup_ratio} must be in [0, 1)")
+        check_positive(self, "log_every", "adam_eps", "init_std")
+        check_non_negative(self, "lr", "weight_decay", "grad_clip", "threads", "checkpoint_every",
+                           "keep_checkpoints", "peak_tflops", "max_nonfinite_steps")
+        check_range(self, "warmup_ratio", 0, 1)
+        check_range(self, "adam_beta1", 0, 1)
+        check_range(self, "adam_beta2", 0, 1)
+        self.arch = run_config.check_table(ModelConfig, self.arch, "arch")
+        try:
+            base = ModelConfig.preset(self.model_preset or "tiny")
+        except ValueError as e:
+            raise run_config.RunConfigError(f"model_preset={self.model_preset!r}: {e}", key="model_preset") from None
+        try:  # the preset and the overrides make a valid architecture
+            base.replace(**self.arch)
+        except (TypeError, ValueError) as e:
+            raise run_config.RunConfigError(f"arch: {e}", key="arch") from None
 
 
 def check_choice(cfg, key: str, allowed: tuple):
     if getattr(cfg, key) not in allowed:
-        raise run_config.RunConfigError(f"{key}={getattr(cfg, key)!r}: expected one of {allowed}")
+        raise run_config.RunConfigError(f"{key}={getattr(cfg, key)!r}: expected one of {allowed}", key=key)
 
 
 def check_positive(cfg, *keys: str):
     for key in keys:
-        if getattr(cfg, key) <= 0:
-            raise run_config.RunConfigError(f"{key}={getattr(cfg, key)} must be positive")
+        if not getattr(cfg, key) > 0:
+            raise run_config.RunConfigError(f"{key}={getattr(cfg, key)} must be positive", key=key)
+
+
+def check_non_negative(cfg, *keys: str):
+    for key in keys:
+        if not getattr(cfg, key) >= 0:
+            raise run_config.RunConfigError(f"{key}={getattr(cfg, key)} must be >= 0", key=key)
+
+
+def check_range(cfg, key: str, low: float, high: float):
+    """low <= value < high."""
+    if not low <= getattr(cfg, key) < high:
+        raise run_config.RunConfigError(f"{key}={getattr(cfg, key)} must be in [{low}, {high})", key=key)
 
 
 # --- schedules ----------------------------------------------------------------------------------------------------
@@ -124,12 +151,54 @@ def build_optimizer(model, cfg: TrainerConfig, schedule):
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
 
-def optimizer_step(model, optimizer, scheduler, grad_clip: float) -> float:
-    grad_norm = distributed.clip_grad_norm(model.parameters(), grad_clip)
-    optimizer.step()
-    scheduler.step()
+def optimizer_step(model, optimizer, scheduler, grad_clip: float, loss: float | None = None) -> tuple[float, bool]:
+    """Clip, step, advance the schedule (`scheduler` may be None) and zero the gradients; returns the global
+    gradient norm and whether the update was made.
+
+    An update whose gradient norm (over all ranks, so every rank decides the same) or `loss` is NaN or infinite is
+    skipped whole: the gradients are zeroed and neither the optimizer (weights, moments, step count) nor the
+    schedule moves, so a skipped step changes nothing. NonFiniteGuard counts them."""
+    grad_norm = float(distributed.clip_grad_norm(model.parameters(), grad_clip))
+    finite = math.isfinite(grad_norm) and (loss is None or math.isfinite(loss))
+    if finite:
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
     optimizer.zero_grad(set_to_none=True)
-    return float(grad_norm)
+    return grad_norm, finite
+
+
+class NonFiniteError(RuntimeError):
+    """Too many optimizer steps in a row had a non-finite loss or gradient; the message names the step and the
+    checkpoint to resume from."""
+
+
+class NonFiniteGuard:
+    """Counts the updates that optimizer_step skipped; after `limit` in a row (0: never) the run stops with
+    NonFiniteError naming the step and the newest complete checkpoint of `run_dir`."""
+
+    def __init__(self, limit: int, run_dir: Path, log: RunLog | None = None, what: str = "optimizer steps"):
+        self.limit, self.run_dir, self.log, self.what = limit, Path(run_dir), log, what
+        self.in_a_row = 0
+        self.skipped = 0
+
+    def record(self, stepped: bool, step: int):
+        """After the update of training step `step` (1-based)."""
+        if stepped:
+            self.in_a_row = 0
+            return
+        self.in_a_row += 1
+        self.skipped += 1
+        if self.limit and self.in_a_row >= self.limit:
+            found = checkpoint.list_checkpoints(self.run_dir)
+            resume = (f"resume from {found[-1]} (the newest complete checkpoint; resume=auto takes it)" if found
+                      else "there is no checkpoint yet, so a rerun starts over")
+            message = (f"stopping at step {step}: {self.in_a_row} {self.what} in a row had a non-finite loss or "
+                       f"gradient and were skipped (max_nonfinite_steps={self.limit}); {resume}. Lower lr, "
+                       "check the data of these steps, or raise max_nonfinite_steps.")
+            if self.log:
+                self.log.info(message)
+            raise NonFiniteError(message)
 
 
 # --- model --------------------------------------------------------------------------------------------------------
@@ -154,8 +223,8 @@ def model_config(cfg: TrainerConfig, tokenizer: Tokenizer) -> ModelConfig:
         arch = {"vocab_size": tokenizer.vocab_size, **cfg.arch}
         try:
             mcfg = ModelConfig.preset(cfg.model_preset).replace(**arch)
-        except TypeError as e:
-            raise run_config.RunConfigError(f"arch: {e}") from None
+        except (TypeError, ValueError) as e:  # ValueError: ConfigError of ModelConfig.validate
+            raise run_config.RunConfigError(f"arch: {e}", key="arch") from None
     if tokenizer.vocab_size > mcfg.vocab_size:
         raise run_config.RunConfigError(f"tokenizer {tokenizer.source} has {tokenizer.vocab_size} tokens but the "
                                         f"model's vocab_size is {mcfg.vocab_size}")
@@ -248,9 +317,10 @@ class RunLog:
                 f.write(message + "\n")
 
     def metrics(self, record: dict):
+        """One line of metrics.jsonl; NaN and infinite values are written as null (strict JSON)."""
         if self.active:
             with (self.run_dir / "metrics.jsonl").open("a") as f:
-                f.write(json.dumps(record) + "\n")
+                f.write(json.dumps(_finite(record), allow_nan=False) + "\n")
 
     def rewind_metrics(self, step: int):
         """Keep the records of steps <= `step` only: a run resumed from that step's checkpoint writes the later
@@ -270,23 +340,36 @@ class RunLog:
         tmp.replace(path)  # os.replace: a crash leaves the old file or the new one, never half of it
 
 
+def _finite(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
 def duration(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-def resume_path(cfg: TrainerConfig, run_dir: Path) -> Path | None:
+def resume_path(cfg: TrainerConfig, run_dir: Path, log: RunLog | None = None) -> Path | None:
+    """The checkpoint to resume from. resume=auto takes the newest one whose files are whole
+    (checkpoint.verify); a newer one that is not (a shard cut short, an unreadable trainer_state.json) is skipped
+    and the log says so. CheckpointError when the run has checkpoints and none is usable."""
     if cfg.resume == "never":
         if checkpoint.list_checkpoints(run_dir):
             raise run_config.RunConfigError(f"resume=never but {run_dir} holds checkpoints of an earlier run; "
                                             "choose another run_dir or resume=auto")
         return None
     if cfg.resume == "auto":
-        found = checkpoint.list_checkpoints(run_dir)
-        return found[-1] if found else None
+        return checkpoint.latest_usable(run_dir, log.info if log else print)
     path = Path(cfg.resume)
     if not (path / checkpoint.TRAINER_STATE).is_file():
         raise run_config.RunConfigError(f"resume={cfg.resume}: not a checkpoint directory")
+    checkpoint.verify(path)
     return path
 
 
@@ -314,7 +397,7 @@ def open_run(cfg: TrainerConfig, env: DistEnv) -> tuple[Path, RunLog, Path | Non
         run_dir.mkdir(parents=True, exist_ok=True)
     distributed.barrier(env)
     log = RunLog(run_dir, env)
-    resume_from = resume_path(cfg, run_dir)
+    resume_from = resume_path(cfg, run_dir, log)
     save_config(cfg, run_dir, env, log, resuming=resume_from is not None)
     if resume_from is None and env.is_main:
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)  # left by a run that died before its first checkpoint

@@ -3,6 +3,9 @@
 The loss of a step is the sum of -logprob over every supervised token of the global batch divided by their global
 count, so neither the micro-batch split nor the number of ranks changes it. Each micro-batch's gradient is scaled
 by world_size / count before FSDP averages gradients over ranks, which turns that average into the global sum.
+A step whose loss or gradient is not finite is skipped whole (weights, optimizer state and schedule unchanged; its
+batch is consumed) and counted as `skipped_updates` in metrics.jsonl; `max_nonfinite_steps` of them in a row stop
+the run with a message that names the checkpoint to resume from.
 """
 from __future__ import annotations
 
@@ -17,8 +20,8 @@ import torch
 from .. import run_config
 from ..tokenizer import Tokenizer
 from . import checkpoint, distributed
-from .core import (RunLog, TimedWarmupCosine, TrainerConfig, WarmupCosine, agreed_seconds, build_model,
-                   build_optimizer, check_choice, check_positive, duration, export, load_tokenizer, model_config,
+from .core import (NonFiniteGuard, RunLog, TimedWarmupCosine, TrainerConfig, WarmupCosine, agreed_seconds, build_model,
+                   build_optimizer, check_choice, check_non_negative, check_positive, duration, export, load_tokenizer, model_config,
                    open_run, optimizer_step, peak_flops, resolve_precision, step_flops)
 from .distributed import DistEnv
 from .sft_data import BatchPlanner, DataPosition, MicroBatch, load_sft_dataset
@@ -58,7 +61,12 @@ class SFTConfig(TrainerConfig):
         for key, allowed in {"overlong": ("truncate", "drop"), "bad_lines": ("fail", "skip"),
                              "think_layout": ("normalize", "reject"), "batch_unit": ("sequences", "tokens")}.items():
             check_choice(self, key, allowed)
-        check_positive(self, "cutoff_len", "pack_tokens", "global_batch")
+        check_positive(self, "cutoff_len", "pack_tokens", "global_batch", "epochs")
+        check_non_negative(self, "max_steps", "eval_every")
+        if self.cutoff_len < 2:
+            raise run_config.RunConfigError(f"cutoff_len={self.cutoff_len}: need at least 2 tokens", key="cutoff_len")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise run_config.RunConfigError(f"min_lr_ratio={self.min_lr_ratio} must be in [0, 1]", key="min_lr_ratio")
         if self.context_loss_weight < 0:
             raise run_config.RunConfigError(f"context_loss_weight={self.context_loss_weight} must be >= 0")
         if self.budget_minutes < 0:
@@ -159,7 +167,7 @@ def _train(cfg: SFTConfig, env: DistEnv) -> Path:
     optimizer, scheduler = build_optimizer(model, cfg, lr_schedule(cfg, total_steps))
     position, step = DataPosition(), 0
     if resume_from is not None:
-        state = checkpoint.load(resume_from, model, optimizer, scheduler, env)
+        state = checkpoint.load(resume_from, model, optimizer, scheduler, env, log=log.info)
         step, position = state["step"], DataPosition(**state["data_position"])
         log.rewind_metrics(step)
         if state["data_fingerprint"] != planner.dataset.fingerprint():
@@ -179,6 +187,7 @@ def _train(cfg: SFTConfig, env: DistEnv) -> Path:
              + f", activation checkpointing {'on' if cfg.activation_checkpointing else 'off'}; {length} of "
                f"{cfg.global_batch} {cfg.batch_unit}, {planner.steps_in_epoch(0)} steps per epoch")
     started, start_step = time.perf_counter(), step
+    nonfinite = NonFiniteGuard(cfg.max_nonfinite_steps, run_dir, log)
     budget_before = clock.elapsed_s if clock else 0.0  # time spent before a resume
     out_of_time = False
     while step < stop_step and not out_of_time:
@@ -194,7 +203,7 @@ def _train(cfg: SFTConfig, env: DistEnv) -> Path:
         if clock:
             clock.elapsed_s = budget_before + agreed_seconds(time.perf_counter() - started, env)
             out_of_time = clock.elapsed_s >= clock.budget_s
-        grad_norm = optimizer_step(model, optimizer, scheduler, cfg.grad_clip)
+        grad_norm, stepped = optimizer_step(model, optimizer, scheduler, cfg.grad_clip, loss)
         if env.device.type == "cuda":
             torch.cuda.synchronize(env.device)
         seconds = time.perf_counter() - t0
@@ -203,7 +212,8 @@ def _train(cfg: SFTConfig, env: DistEnv) -> Path:
         record = {"step": step, "epoch": round(_epoch_progress(planner, position), 4), "loss": loss, "lr": lr,
                   "grad_norm": grad_norm, "sequences": batch.sequences, "tokens": batch.tokens,
                   "supervised_tokens": batch.supervised_tokens, "micro_batches": len(batch.micro_batches),
-                  "step_s": round(seconds, 4), "tokens_per_s": batch.tokens / seconds}
+                  "step_s": round(seconds, 4), "tokens_per_s": batch.tokens / seconds,
+                  "skipped_updates": 0 if stepped else 1}
         if peak:
             record["mfu"] = step_flops(mcfg, batch.doc_lengths) / seconds / (peak * env.world_size)
         last = step == stop_step or out_of_time
@@ -213,8 +223,9 @@ def _train(cfg: SFTConfig, env: DistEnv) -> Path:
             record["eval_loss"] = held_out_loss(model, eval_planner, env, autocast_dtype)
             log.info(f"step {step}: held-out loss {record['eval_loss']:.4f}")
         log.metrics(record)
-        if step % cfg.log_every == 0 or last:
+        if step % cfg.log_every == 0 or last or not stepped:
             _progress_line(log, record, stop_step, time.perf_counter() - started, step - start_step, clock)
+        nonfinite.record(stepped, step)
         stopped_early = last and step < total_steps and not out_of_time  # always checkpointed: a later run continues
         if stopped_early or (cfg.checkpoint_every > 0 and step % cfg.checkpoint_every == 0 and not last):
             path = checkpoint.save(run_dir, step, model, optimizer, scheduler,
@@ -254,8 +265,9 @@ def _progress_line(log: RunLog, record: dict, last_step: int, elapsed: float, st
         where = f"step {record['step']}/{last_step}"
         eta = elapsed / steps_done * (last_step - record["step"])
         timing = f"{duration(elapsed)} elapsed, eta {duration(eta)}"
+    skipped = " | skipped: non-finite loss or gradient" if record.get("skipped_updates") else ""
     log.info(f"{where} | loss {record['loss']:.4f} | lr {record['lr']:.2e} | grad norm {record['grad_norm']:.3f} | "
-             f"{record['tokens_per_s']:,.0f} tok/s{mfu} | {timing}")
+             f"{record['tokens_per_s']:,.0f} tok/s{mfu} | {timing}{skipped}")
 
 
 def _epoch_progress(planner: BatchPlanner, position: DataPosition) -> float:

@@ -36,33 +36,50 @@ class DataError(ValueError):
 
 # --- reading records ----------------------------------------------------------------------------------------------
 def read_records(path: str | Path) -> Iterator[tuple[str, object]]:
-    """(`file:line`, record) for each record of a JSON lines file or a JSON array file.
+    """(`file:line`, record) for each record of a JSON lines file or a JSON array file (one that opens with `[`
+    and is not named *.jsonl).
 
-    A record that is not valid JSON comes as a DataError in place of the record, so the caller decides whether to
-    skip it or stop.
+    A record that is not valid JSON (or not UTF-8) comes as a DataError in place of the record, so the caller
+    decides whether to skip it or stop.
     """
     path = Path(path)
     try:
-        with path.open(encoding="utf-8") as f:
-            head = f.read(4096).lstrip()
+        with path.open("rb") as f:
+            head = f.read(4096).decode("utf-8", errors="replace").lstrip("\ufeff").lstrip()
     except OSError as e:
         raise DataError(f"{path}: cannot read ({e.strerror})") from None
-    if head.startswith("["):
+    if head.startswith("[") and path.suffix != ".jsonl":  # a .jsonl file is lines, whatever its first line holds
         yield from _array_records(path)
         return
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
+    with path.open("rb") as f:
+        for number, raw in enumerate(f, start=1):
+            where = f"{path}:{number}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield where, DataError(f"{where}: not UTF-8 text (byte {raw[e.start]:#04x} at column {e.start + 1})")
+                continue
+            if number == 1:
+                line = line.removeprefix("\ufeff")  # a byte-order mark
             if not line.strip():
                 continue
-            where = f"{path}:{number}"
             try:
                 yield where, json.loads(line)
             except json.JSONDecodeError as e:
                 yield where, DataError(f"{where}: not valid JSON ({e.msg} at column {e.colno})")
+            except RecursionError:
+                yield where, DataError(f"{where}: not valid JSON (nested too deeply)")
 
 
 def _array_records(path: Path) -> Iterator[tuple[str, object]]:
-    text = path.read_text(encoding="utf-8")
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        yield f"{path}:{line}", DataError(f"{path}:{line}: not UTF-8 text (byte {data[e.start]:#04x}); the JSON array "
+                                          "cannot be read")
+        return
     decoder = json.JSONDecoder()
     index, line = text.index("[") + 1, 1 + text.count("\n", 0, text.index("["))
 
@@ -76,14 +93,25 @@ def _array_records(path: Path) -> Iterator[tuple[str, object]]:
         index = skip(index, ",")
         line += text.count("\n", position, index)
         position = index
-        if index >= len(text) or text[index] == "]":
-            return
         where = f"{path}:{line}"
+        if index >= len(text):
+            yield where, DataError(f"{where}: the JSON array is not closed with ']' (the file may be cut short)")
+            return
+        if text[index] == "]":
+            rest = skip(index + 1, "")
+            if rest < len(text):
+                rest_line = 1 + text.count("\n", 0, rest)
+                yield f"{path}:{rest_line}", DataError(f"{path}:{rest_line}: text after the end of the JSON array")
+            return
         try:
             record, index = decoder.raw_decode(text, index)
         except json.JSONDecodeError as e:
             yield f"{path}:{e.lineno}", DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg} at column {e.colno}); "
                                                   "the rest of this JSON array cannot be read")
+            return
+        except RecursionError:
+            yield where, DataError(f"{where}: not valid JSON (nested too deeply); the rest of this JSON array "
+                                   "cannot be read")
             return
         yield where, record
 
@@ -111,6 +139,7 @@ def _checked_messages(messages) -> list[dict]:
         if not isinstance(m.get("content"), str):
             raise ValueError(f"message {i} ({m['role']}) content must be a string, "
                              f"got {type(m.get('content')).__name__}")
+        _check_utf8(m["content"], f"message {i} ({m['role']}) content")
         out.append({"role": m["role"], "content": m["content"]})
     return out
 
@@ -121,19 +150,21 @@ def _sharegpt_messages(record: dict) -> list[dict]:
         raise ValueError("'conversations' must be a non-empty list")
     messages = []
     system = record.get("system")
-    if system:
+    if system is not None and system != "":
         if not isinstance(system, str):
             raise ValueError(f"'system' must be a string, got {type(system).__name__}")
+        _check_utf8(system, "'system'")
         messages.append({"role": "system", "content": system})
     for i, turn in enumerate(turns):
         if not isinstance(turn, dict):
             raise ValueError(f"conversation turn {i} is a {type(turn).__name__}, expected an object")
         speaker = turn.get("from", turn.get("role"))
         value = turn.get("value", turn.get("content"))
-        if speaker not in SHAREGPT_ROLES:
+        if not isinstance(speaker, str) or speaker not in SHAREGPT_ROLES:
             raise ValueError(f"conversation turn {i} is from {speaker!r}; expected one of {', '.join(SHAREGPT_ROLES)}")
         if not isinstance(value, str):
             raise ValueError(f"conversation turn {i} ({speaker}) value must be a string, got {type(value).__name__}")
+        _check_utf8(value, f"conversation turn {i} ({speaker}) value")
         role = SHAREGPT_ROLES[speaker]
         if speaker == "function_call":
             value = _tool_call_text(value)
@@ -141,6 +172,14 @@ def _sharegpt_messages(record: dict) -> list[dict]:
             role = "user"  # already wrapped as the agent sees it
         messages.append({"role": role, "content": value})
     return messages
+
+
+def _check_utf8(text: str, what: str):
+    """Text that holds an unpaired surrogate (JSON allows `\\ud800`) cannot be encoded; say where it is."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"{what} holds an unpaired surrogate {text[e.start]!r} at character {e.start}") from None
 
 
 def _tool_call_text(value: str) -> str:
