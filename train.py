@@ -24,8 +24,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     from litere.config import ConfigError
     from litere.questions import QuestionFileError
+    from litere.train.core import NonFiniteError
     from litere.train.sft_data import DataError
-    from litere.weights import CheckpointError
+    from litere.weights import CheckpointError, CheckpointWriteError
 
     try:
         if args.stage == "sft":
@@ -42,6 +43,9 @@ def main(argv=None) -> int:
     except (run_config.RunConfigError, ConfigError, DataError, CheckpointError, QuestionFileError) as e:
         print(f"train.py: {e}", file=sys.stderr)
         return 2
+    except (CheckpointWriteError, NonFiniteError) as e:  # the run stopped; its last checkpoint resumes it
+        print(f"train.py: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -51,6 +51,13 @@ class RolloutSettings:
         check_choice(self, "rollout_dtype", ("auto", "bf16", "fp32"))
         check_positive(self, "samples_per_prompt", "max_turns", "max_response_tokens", "max_prompt_tokens",
                        "max_batch_tokens", "max_num_seqs")
+        check_positive(self, "judge_concurrency", "judge_timeout")
+        for key in ("top_k", "tool_workers", "cache_tokens", "judge_retries"):
+            if getattr(self, key) < 0:
+                raise run_config.RunConfigError(f"{key}={getattr(self, key)} must be >= 0")
+        if not 0 < self.top_p <= 1 or not 0 <= self.min_p < 1:
+            raise run_config.RunConfigError(f"top_p={self.top_p}, min_p={self.min_p}: need 0 < top_p <= 1 and "
+                                            "0 <= min_p < 1")
         if self.temperature <= 0:
             raise run_config.RunConfigError(f"temperature={self.temperature}: RL samples from the policy; greedy "
                                             "(temperature 0) trajectories have no logprobs to train on")
@@ -105,7 +112,10 @@ class RLConfig(RolloutSettings, TrainerConfig):
         check_choice(self, "advantage", ("grpo", "mean"))
         check_choice(self, "loss_agg", AGGREGATIONS)
         check_choice(self, "kl_kind", KL_KINDS)
-        check_positive(self, "prompts_per_step", "ppo_epochs", "mini_batches", "pack_tokens")
+        check_positive(self, "prompts_per_step", "ppo_epochs", "mini_batches", "pack_tokens", "probe_limit",
+                       "critic_lr")
+        if self.epochs < 0 or self.probe_every < 0:
+            raise run_config.RunConfigError(f"epochs={self.epochs}, probe_every={self.probe_every} must be >= 0")
         if self.algo == "grpo" and self.samples_per_prompt < 2:
             raise run_config.RunConfigError(f"samples_per_prompt={self.samples_per_prompt}: GRPO compares the "
                                             "samples of a group; it needs at least 2")
