@@ -29,9 +29,10 @@ def system_prompt(settings: RolloutSettings) -> str:
 
 
 def agent_config(settings: RolloutSettings, mode: str = "train") -> AgentConfig:
+    """The response budget bounds a trajectory (prompts are checked against max_prompt_tokens), so a greedy probe
+    in eval mode gets the same room per turn as training."""
     return AgentConfig(mode=mode, max_turns=settings.max_turns, max_response_tokens=settings.max_response_tokens,
-                       max_context_tokens=settings.max_prompt_tokens + settings.max_response_tokens,
-                       final_answer_tokens=min(2048, settings.max_response_tokens),
+                       final_answer_tokens=min(2048, max(1, settings.max_response_tokens // 8)),
                        tool_workers=settings.tool_workers, system_prompt=system_prompt(settings))
 
 
