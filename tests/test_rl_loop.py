@@ -40,10 +40,12 @@ def test_a_small_policy_learns_the_rewarded_word(toy, tmp_path, algo):
     extra = dict(critic_lr=3e-3, lam=1.0, gamma=1.0) if algo == "ppo" else {}
     loop.train(rl_config(toy, run_dir=str(tmp_path), algo=algo, max_steps=30, lr=1e-3, export=False,
                          probe_questions=[str(toy / "questions.jsonl")], probe_every=15, **extra))
-    rewards = [m["reward_mean"] for m in metrics(tmp_path)]
+    start, *steps = metrics(tmp_path)
+    rewards = [m["reward_mean"] for m in steps]
     assert 0.05 < rewards[0] < 0.45, rewards  # the start model says "yes" about 20% of the time
     assert max(rewards[-3:]) > 0.9, rewards
-    assert metrics(tmp_path)[-1]["probe"] == {"toy": 1.0, "all": 1.0}  # greedy, after learning
+    assert start == {"step": 0, "probe": {"toy": 0.0, "all": 0.0}}  # greedy, the start model says "no"
+    assert steps[-1]["probe"] == {"toy": 1.0, "all": 1.0}
 
 
 def test_on_policy_step_has_ratio_one_and_no_importance_correction(toy, tmp_path):

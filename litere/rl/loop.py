@@ -128,6 +128,10 @@ class RLRun:
         stop = min(self.total_steps, cfg.stop_after_steps) if cfg.stop_after_steps else self.total_steps
         started, first = time.perf_counter(), self.step
         writer = _tensorboard(self.run_dir) if self.env.is_main else None
+        if self.step == 0 and cfg.probe_questions and cfg.probe_every:  # the start model, as record step 0
+            record = {"step": 0, "probe": self.probe()}
+            self.log.metrics(record)
+            self.log.info("start | " + " | ".join(f"probe {k} {v:.0%}" for k, v in record["probe"].items()))
         while self.step < stop:
             record = self.train_step()
             self.step += 1
