@@ -8,6 +8,11 @@ calls / tokens per trajectory and tool latency, written as report.json and repor
 Decoding follows docs/protocol.md section 7 (temperature 0.6, top_p 0.95, top_k 20, presence penalty 1.1, up to 100
 model calls, the context-limit reminder); every option can be overridden. With --trajectories, saved
 trajectories (rollout.py or an earlier eval) are judged again; --questions then replaces their labelled answers.
+
+Trajectories are appended to OUT/trajectories.jsonl as they finish. Rerunning the same command with the same --out
+after a crash or a kill resumes the run: questions whose k samples are all written are not run again, a question
+cut in the middle is run again from its start, and with --seed the result equals an uninterrupted run's. The
+report files are written at the end, each atomically. --overwrite starts over.
 """
 from __future__ import annotations
 
@@ -19,10 +24,10 @@ from pathlib import Path
 
 from litere.agent.loop import print_progress
 from litere.agent.trajectory import read_trajectories
-from litere.cli import (add_agent_arguments, add_judge_arguments, add_model_arguments, agent_config, env_settings,
+from litere.cli import (add_agent_arguments, add_judge_arguments, add_model_arguments, agent_config, environments,
                         judge_from_args, load_policy, sampling_params)
-from litere.evaluation import evaluate, report_markdown, summarize, write_run
-from litere.questions import Environments, load_questions
+from litere.evaluation import ResumeError, evaluate, report_markdown, summarize, write_run
+from litere.questions import load_questions
 from litere.reward import score_trajectories
 
 
@@ -50,6 +55,8 @@ def main(argv=None):
     parser.add_argument("--trajectories", help="re-score these saved trajectories instead of running a model")
     parser.add_argument("--out", help="run directory (default runs/eval-TIMESTAMP)")
     parser.add_argument("--title", default="Evaluation")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start over in --out instead of resuming the run found there")
     add_judge_arguments(parser)
     args = parser.parse_args(argv)
     out = Path(args.out or f"runs/eval-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -69,9 +76,13 @@ def main(argv=None):
         limits = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("system_prompt", "reminder")}
         info = {"model": args.model, "questions": args.questions, "k": args.k or 4, "judge": args.judge,
                 "sampling": dataclasses.asdict(params), "agent": limits}
-        report = evaluate(model, tokenizer, questions, Environments(args.env, **env_settings(args)),
-                          args.k or 4, params=params, config=config, judge=judge, sampler=sampler, out_dir=out,
-                          on_progress=print_progress, title=args.title, run_info=info)
+        try:
+            report = evaluate(model, tokenizer, questions, environments(args),
+                              args.k or 4, params=params, config=config, judge=judge, sampler=sampler, out_dir=out,
+                              resume=not args.overwrite, on_progress=print_progress, title=args.title,
+                              run_info=info)
+        except ResumeError as e:
+            raise SystemExit(f"{e} (--overwrite starts over)") from None
         sys.stderr.write("\n")
     print(report_markdown(report, args.title))
     print(f"{time.perf_counter() - start:.1f}s; report.json, report.md and trajectories.jsonl in {out}",

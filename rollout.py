@@ -5,22 +5,27 @@
 
 The tokenizer is read from the model directory (tokenizer.json beside the weights). Questions may name their own
 environment (`env`, relative to the question file); --env is the default for the others. Records are appended
-as trajectories finish; a progress line on stderr shows trajectories done, tool calls/s and sampled tokens/s.
-Re-score with another judge and get the full report with `python eval.py --trajectories OUT.jsonl`.
+and flushed as trajectories finish; a progress line on stderr shows trajectories done, tool calls/s and sampled
+tokens/s. Re-score with another judge and get the full report with `python eval.py --trajectories OUT.jsonl`.
+
+An existing OUT is resumed: rerunning the same command after a crash or a kill skips the questions whose n samples
+are all written and runs again, from their start, those cut in the middle (their lines and a torn last line are
+removed first); with --seed the file then holds what an uninterrupted run writes (in another order). Records
+sampled with other settings make it stop; --overwrite starts over.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections import Counter
 from pathlib import Path
 
 from litere.agent.loop import Agent, print_progress
-from litere.cli import (add_agent_arguments, add_model_arguments, agent_config, env_settings, load_policy,
+from litere.cli import (add_agent_arguments, add_model_arguments, agent_config, environments, load_policy,
                         sampling_params)
-from litere.questions import Environments, load_questions
+from litere.evaluation import ResumeError, TrajectoryLog, resume_trajectories
+from litere.questions import load_questions
 from litere.reward import ExactMatchJudge, score_trajectories
 
 
@@ -30,32 +35,46 @@ def main(argv=None):
     add_agent_arguments(parser, mode="train", temperature=0.7, top_p=0.95, top_k=0, presence_penalty=0.0,
                         max_turns=40, max_response_tokens=32768)
     parser.add_argument("--n", type=int, default=8, help="samples per question")
-    parser.add_argument("--out", required=True, help="output JSON lines file")
+    parser.add_argument("--out", required=True, help="output JSON lines file (resumed if it exists)")
+    parser.add_argument("--overwrite", action="store_true", help="start over instead of resuming an existing --out")
     args = parser.parse_args(argv)
     if not args.questions:
         parser.error("--questions FILE is required")
 
     questions = load_questions(args.questions, args.limit)
-    _, tokenizer, sampler = load_policy(args)
-    envs = Environments(args.env, **env_settings(args))
-    agent = Agent(sampler, tokenizer, envs, sampling_params(args), agent_config(args))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    judge = ExactMatchJudge()
+    params = sampling_params(args)
+    if args.overwrite:
+        out.write_bytes(b"")
+    try:
+        done, todo, foreign = resume_trajectories(out, questions, args.n, params)
+    except ResumeError as e:
+        raise SystemExit(f"{e} (--overwrite starts over)") from None
+    if done or foreign:
+        print(f"resuming {out}: {len(done)} trajectories of {len(questions) - len(todo)} questions already written"
+              + (f", {foreign} of questions outside this run kept" if foreign else "")
+              + f"; {len(todo)} questions to run", file=sys.stderr)
     start = time.perf_counter()
-    with out.open("w", encoding="utf-8") as f:
-        def write(traj):
-            score_trajectories([traj], judge)
-            f.write(json.dumps(traj.to_dict(), ensure_ascii=False) + "\n")
-            f.flush()
-
-        trajectories = agent.run(questions, n=args.n, on_trajectory=write, on_progress=print_progress)
-    sys.stderr.write("\n")
+    trajectories = []
+    if todo:
+        _, tokenizer, sampler = load_policy(args)
+        agent = Agent(sampler, tokenizer, environments(args), params, agent_config(args))
+        judge = ExactMatchJudge()
+        log = TrajectoryLog(out)
+        try:
+            trajectories = agent.run(todo, n=args.n, on_progress=print_progress,
+                                     on_trajectory=lambda t: log.write(score_trajectories([t], judge)[0]))
+        finally:
+            log.close()
+        sys.stderr.write("\n")
     elapsed = time.perf_counter() - start
-    reasons = Counter(t.termination for t in trajectories)
-    reward = sum(t.reward for t in trajectories) / max(1, len(trajectories))
-    print(f"{len(trajectories)} trajectories ({len(questions)} questions x {args.n}) in {elapsed:.1f}s -> {out}; "
-          f"exact-match reward {reward:.3f}; termination {dict(reasons)}", file=sys.stderr)
+    every = done + trajectories
+    reasons = Counter(t.termination for t in every)
+    reward = sum(t.reward or 0.0 for t in every) / max(1, len(every))
+    print(f"{len(trajectories)} trajectories ({len(todo)} questions x {args.n}) in {elapsed:.1f}s -> {out}"
+          + (f" (+{len(done)} written before)" if done else "")
+          + f"; exact-match reward {reward:.3f}; termination {dict(reasons)}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from .agent.loop import AgentConfig
-from .questions import world_env_settings
+from .questions import Environments, world_env_settings
 from .reward import ExactMatchJudge, LocalJudge, OpenAIJudge
 from .sampler import Sampler, SamplingParams
 from .tokenizer import Tokenizer
@@ -61,6 +61,9 @@ def add_agent_arguments(parser, *, mode: str, temperature: float, top_p: float, 
     group.add_argument("--concurrency", type=int, help="trajectories in flight at once (default: all)")
     group.add_argument("--tool-workers", type=int, default=16,
                        help="threads running tool calls (0: inline, one at a time, in a deterministic order)")
+    group.add_argument("--env-timeout", type=float, default=30.0,
+                       help="HTTP environments: seconds per try of a request; a tool call gets 3 tries (2 retries) "
+                            "and a deadline of 3x this, then the model sees the tool error text")
 
 
 def env_settings(args) -> dict:
@@ -72,6 +75,11 @@ def env_settings(args) -> dict:
             raise SystemExit(f"--env-setting {pair!r}: expected KEY=INTEGER, e.g. results_per_query=3")
         settings[key.strip()] = int(value)
     return settings
+
+
+def environments(args) -> Environments:
+    """Each question's environment (its own `env`, else --env), with the tool output sizes and --env-timeout."""
+    return Environments(args.env, timeout=args.env_timeout, **env_settings(args))
 
 
 def load_policy(args):

@@ -7,17 +7,20 @@ model. Every judge call returns a record that keeps the raw replies.
 """
 from __future__ import annotations
 
-import http.client
 import json
 import re
 import string
 import threading
 import time
 import unicodedata
+import urllib.error
 import urllib.request
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+
+from .env.client import (TRANSPORT_ERRORS, ReplyTooLarge, backoff_delay, clean_strings, loads_reply, read_body,
+                          retryable_status)
 
 ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -96,24 +99,35 @@ def judge_messages(item: JudgeItem) -> list[dict]:
     return [{"role": "user", "content": user}]
 
 
+MAX_VERDICT_CHARS = 100_000  # a reply's text after its thinking; a judge asked for one word says far less
+MAX_JSON_STARTS = 64  # '{' positions tried as the start of the {"reasoning", "judgment"} object
+
+
 def parse_judgment(reply: str) -> tuple[bool, str]:
     """(correct, reasoning) from a judge reply: the bare `Correct` / `Incorrect` the prompt asks for (quotes, bold
-    and a final period tolerated), or a JSON object {"reasoning", "judgment"}; thinking blocks are skipped."""
+    and a final period tolerated), or a JSON object {"reasoning", "judgment"}; thinking blocks are skipped.
+    JudgeReplyError for anything else, however malformed (the work is bounded: a huge or deeply nested reply is
+    refused, not parsed for ever)."""
+    if not isinstance(reply, str):
+        raise JudgeReplyError(f"the reply is not text: {type(reply).__name__}")
     text = reply.rsplit("</think>", 1)[-1]
-    verdict = text.strip().strip("*\"'`").rstrip(".").lower()
+    if len(text) > MAX_VERDICT_CHARS:
+        raise JudgeReplyError(f"the reply is {len(text)} characters long after its thinking; a verdict is one word")
+    verdict = text.strip().strip("*\"'`.").lower()  # "Correct", **Correct**, "Correct"., `Incorrect.`
     if verdict in ("correct", "incorrect"):
         return verdict == "correct", ""
     decoder = json.JSONDecoder()
-    for start in [i for i, ch in enumerate(text) if ch == "{"]:
+    starts = [i for i, ch in enumerate(text) if ch == "{"][:MAX_JSON_STARTS]
+    for start in starts:
         try:
             obj, _ = decoder.raw_decode(text, start)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):
             continue
         if isinstance(obj, dict) and "judgment" in obj:
             verdict = str(obj["judgment"]).strip().strip(".").lower()
             if verdict in ("correct", "incorrect"):
-                return verdict == "correct", str(obj.get("reasoning", ""))
-            raise JudgeReplyError(f"judgment must be Correct or Incorrect, got {obj['judgment']!r}")
+                return verdict == "correct", clean_strings(str(obj.get("reasoning", "")))
+            raise JudgeReplyError(f"judgment must be Correct or Incorrect, got {str(obj['judgment'])[:200]!r}")
     raise JudgeReplyError(f"no Correct / Incorrect verdict in the reply {reply[:200]!r}")
 
 
@@ -139,58 +153,82 @@ class ExactMatchJudge:
 class OpenAIJudge:
     """An LLM judge behind an OpenAI-compatible `/v1/chat/completions` endpoint (standard-library HTTP).
 
-    Each item is tried up to 1 + `retries` times, until a reply holds a verdict. A judge that answered but never
-    gave a verdict counts as Incorrect (method "llm", with the replies and the reason). Only when no try reached
-    the endpoint (transport or HTTP errors every time) does the record fall back to normalised exact match
-    (method "exact_match_fallback"). At most `max_concurrency` requests are in flight at once.
+    Each item is tried up to 1 + `retries` times, until a reply holds a verdict; a retry waits backoff x
+    2^(attempt-1) seconds, or what a 429 / 503's Retry-After asks for, never more than `max_backoff`. A status that
+    says the request itself is wrong (4xx other than 408/409/425/429) is not retried. A try lasts about `timeout`
+    seconds at most (each socket operation; the reply must be complete `timeout` after the try began), so an item
+    takes at most about (1 + retries) x timeout + retries x max_backoff. A judge that answered but never gave a
+    verdict counts as Incorrect (method "llm", with the replies and the reason in `error`). Only when no try
+    reached the endpoint (transport or HTTP errors every time) does the record fall back to normalised exact match
+    (method "exact_match_fallback", which the RL step's judge histogram and the evaluation report count). At most
+    `max_concurrency` requests are in flight at once. No reply, however malformed, raises.
     """
     name = "llm"
 
     def __init__(self, base_url: str, model: str, *, api_key: str | None = None, timeout: float = 60.0,
-                 retries: int = 2, max_concurrency: int = 8, backoff: float = 1.0, max_tokens: int = 1024):
+                 retries: int = 2, max_concurrency: int = 8, backoff: float = 1.0, max_backoff: float = 30.0,
+                 max_tokens: int = 1024, max_reply_bytes: int = 4 << 20):
         url = base_url.rstrip("/")
         if not url.endswith("/chat/completions"):
             url = (url if url.endswith("/v1") else url + "/v1") + "/chat/completions"
         self.url, self.model, self.api_key = url, model, api_key
         self.timeout, self.retries, self.backoff, self.max_tokens = timeout, retries, backoff, max_tokens
+        self.max_backoff, self.max_reply_bytes = max_backoff, max_reply_bytes
         self.max_concurrency = max_concurrency
 
     def _post(self, messages: list[dict]) -> str:
         """The reply's text; OSError / HTTPException when the endpoint cannot be reached or answers with an HTTP
-        error, JudgeReplyError when its answer is not a chat completion."""
+        error (urllib's HTTPError, an OSError), JudgeReplyError when its answer is not a chat completion."""
         body = json.dumps({"model": self.model, "messages": messages, "temperature": 0.0,
                            "max_tokens": self.max_tokens}).encode()
         headers = {"Content-Type": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
         request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
+        try_ends = time.monotonic() + self.timeout
         with urllib.request.urlopen(request, timeout=self.timeout) as response:
-            raw = response.read()
+            try:
+                raw = read_body(response, self.max_reply_bytes, try_ends)
+            except ReplyTooLarge as e:
+                raise JudgeReplyError(f"the answer is not a chat completion: {e}") from None
         try:
-            return json.loads(raw.decode("utf-8"))["choices"][0]["message"]["content"] or ""
+            content = loads_reply(raw)["choices"][0]["message"]["content"]
         except (ValueError, KeyError, IndexError, TypeError):
             raise JudgeReplyError(f"the answer is not a chat completion: {raw[:200]!r}") from None
+        if content is None:
+            return ""
+        if not isinstance(content, str):
+            raise JudgeReplyError(f"the completion's content is not text: {str(content)[:200]!r}")
+        return content
 
     def judge(self, item: JudgeItem) -> dict:
         if not answered(item.prediction):
             return _no_answer_record()
         replies: list[str] = []
         reached = False
-        error = None
+        error, last = None, None
+        tries = 0
         for attempt in range(self.retries + 1):
             if attempt:
-                time.sleep(self.backoff * 2 ** (attempt - 1))
+                time.sleep(backoff_delay(attempt, self.backoff, self.max_backoff, last))
+            tries += 1
             try:
                 reply = self._post(judge_messages(item))
             except JudgeReplyError as e:  # reached, but the answer is not a completion
-                reached, error = True, str(e)
+                reached, error, last = True, str(e), e
                 replies.append(f"[bad answer] {error}")
                 continue
-            except (OSError, ValueError, http.client.HTTPException) as e:  # timeouts, refusals, HTTP errors, bad URLs
-                error = f"{type(e).__name__}: {e}"
+            except urllib.error.HTTPError as e:
+                error, last = f"HTTPError {e.code}: {e.reason}", e
+                replies.append(f"[request failed] {error}")
+                if retryable_status(e.code):
+                    continue
+                break
+            except TRANSPORT_ERRORS as e:  # timeouts, refusals, broken HTTP, bad URLs
+                error, last = f"{type(e).__name__}: {e}", e
                 replies.append(f"[request failed] {error}")
                 continue
-            reached = True
+            reached, last = True, None
             replies.append(reply)
             try:
                 correct, reasoning = parse_judgment(reply)
@@ -198,11 +236,11 @@ class OpenAIJudge:
                 error = str(e)
                 continue
             return _record("llm", correct, replies, reasoning)
-        tries = f"{self.retries + 1} tries"
+        tried = f"{tries} {'try' if tries == 1 else 'tries'}"
         if reached:
-            return _record("llm", False, replies, error=f"no verdict after {tries} ({error}); counted as Incorrect")
+            return _record("llm", False, replies, error=f"no verdict after {tried} ({error}); counted as Incorrect")
         return _exact_match_record(item, "exact_match_fallback", replies=replies,
-                                   error=f"judge unreachable after {tries} ({error}); fell back to exact match")
+                                   error=f"judge unreachable after {tried} ({error}); fell back to exact match")
 
     def judge_many(self, items: list[JudgeItem]) -> list[dict]:
         with ThreadPoolExecutor(max_workers=max(1, self.max_concurrency)) as pool:

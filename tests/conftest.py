@@ -16,3 +16,12 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def fault():
+    """make(*behaviours) -> a fake OpenAI-compatible endpoint on 127.0.0.1 with those faults (tests/fault_server.py);
+    every server made is closed after the test."""
+    from fault_server import fault_servers
+
+    yield from fault_servers()

@@ -60,3 +60,9 @@ def test_a_killed_filter_resumes_without_redoing_finished_questions(toy, tmp_pat
     assert resumed == whole
     written = [json.loads(line)["id"] for line in (out / "passes.rank0.jsonl").read_text().splitlines()]
     assert sorted(written) == sorted(whole)  # every question once, the torn line gone
+
+
+def test_resuming_with_other_settings_is_refused(toy, tmp_path):
+    curriculum.run_filter(filter_config(toy, tmp_path))
+    with pytest.raises(run_config.RunConfigError, match="temperature differ"):
+        curriculum.run_filter(filter_config(toy, tmp_path, temperature=0.5))

@@ -216,4 +216,4 @@ def test_an_unreachable_judge_falls_back_and_is_counted(toy, tmp_path):
                          judge_url="http://127.0.0.1:9", judge_model="m", judge_retries=0, judge_timeout=2.0))
     [m] = metrics(tmp_path)
     answered = sum(m["judge"].values()) - m["judge"].get("no_answer", 0)
-    assert answered > 0 and m["judge"].get("exact_match_fallback", 0) == answered
+    assert answered > 0 and m["judge"].get("exact_match_fallback", 0) == answered == m["judge_errors"]

@@ -90,11 +90,14 @@ class RolloutStats:
     tool_calls: int = 0
     sampled_tokens: int = 0
     tools_in_flight: int = 0
+    tool_errors: dict = field(default_factory=dict)  # tool name -> calls answered with the error text
 
     def line(self) -> str:
         dt = max(1e-9, time.perf_counter() - self.started)
+        errors = sum(self.tool_errors.values())
         return (f"{self.done}/{self.total} trajectories | {self.tool_calls / dt:.1f} tool calls/s | "
-                f"{self.sampled_tokens / dt:.0f} tok/s | {self.tools_in_flight} tools running | {dt:.0f}s")
+                f"{self.sampled_tokens / dt:.0f} tok/s | {self.tools_in_flight} tools running | "
+                + (f"{errors} tool errors | " if errors else "") + f"{dt:.0f}s")
 
 
 @dataclass
@@ -291,6 +294,8 @@ class Agent:
         ids = self.tokenizer.tool_response_ids(text)
         record.response_tokens = len(ids)
         t.tool_calls.append(record)
+        if not record.success:
+            self.stats.tool_errors[record.name] = self.stats.tool_errors.get(record.name, 0) + 1
         if self._response_left(t) - len(ids) < 1:
             return self._finish(ep, "budget")
         if self._context_left(t, self._reserve) - len(ids) < 1:

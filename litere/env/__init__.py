@@ -41,18 +41,20 @@ def _http_spec(spec: str) -> tuple[str | None, str | None] | None:
     return None
 
 
-def open_env(spec: str | os.PathLike, *, tokenizer=None, summarizer=None, timeout: float = 30.0,
-             **settings) -> LocalEnv | HttpEnv:
+def open_env(spec: str | os.PathLike, *, tokenizer=None, summarizer=None, timeout: float = 30.0, retries: int = 2,
+             deadline: float | None = None, max_retry_delay: float = 10.0, **settings) -> LocalEnv | HttpEnv:
     """The environment named by spec: a page store file (embedded) or service URL(s) (HTTP backend).
 
     settings: EnvSettings fields (results_per_query, snippet_words, visit_sentences, ...), overriding the sizes
     a store records (or a litere service reports). For services they size the search texts only: visit texts
     come finished from the service.
     tokenizer: optional object with encode/decode, to cut pages by tokens before summarising (embedded only).
+    timeout, retries, deadline (seconds per tool call, all tries), max_retry_delay: the HTTP backend's (HttpEnv).
     """
     urls = _http_spec(str(spec))
     if urls is not None:
-        return HttpEnv(*urls, overrides=settings, timeout=timeout)
+        return HttpEnv(*urls, overrides=settings, timeout=timeout, retries=retries, deadline=deadline,
+                       max_retry_delay=max_retry_delay)
     store = PageStore(spec, readonly=True)
     try:
         chosen = EnvSettings.from_dict(store.get_meta(SETTINGS_META_KEY)).updated(**settings)

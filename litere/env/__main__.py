@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from . import SETTINGS_META_KEY, EnvSettings, LocalEnv, PageStore, ingest, make_server, open_env
@@ -39,7 +40,8 @@ def summarizer_from_args(args, settings: EnvSettings) -> LLMSummarizer | None:
     if not args.llm_url:
         return None
     fallback = ExtractiveSummarizer.from_settings(settings) if args.extractive_fallback else None
-    return LLMSummarizer(args.llm_url, args.llm_model, api_key=args.llm_key, timeout=args.llm_timeout,
+    return LLMSummarizer(args.llm_url, args.llm_model, api_key=os.environ.get(args.llm_key_env),
+                         timeout=args.llm_timeout,
                          temperature=args.llm_temperature, fallback=fallback)
 
 
@@ -89,7 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--llm-url", help="OpenAI-compatible endpoint for visit summaries (default: extractive)")
     p.add_argument("--llm-model", default="Qwen3-4B-Instruct-2507")
-    p.add_argument("--llm-key", default=None)
+    p.add_argument("--llm-key-env", default="OPENAI_API_KEY",
+                   help="environment variable holding the endpoint's API key (a key on the command line would show "
+                        "in process lists)")
     p.add_argument("--llm-timeout", type=float, default=60.0)
     p.add_argument("--llm-temperature", type=float, default=0.7)
     p.add_argument("--extractive-fallback", action="store_true",

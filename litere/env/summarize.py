@@ -11,10 +11,12 @@ import math
 import re
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections import Counter
 from typing import Protocol
 
+from .client import TRANSPORT_ERRORS, backoff_delay, clean_strings, loads_reply, read_body, retryable_status
 from .settings import EnvSettings
 from .text import STOPWORDS, sentences, terms
 
@@ -108,11 +110,16 @@ Reply with a single JSON object and nothing else, with three string fields:
 
 def parse_summary_reply(reply: str) -> tuple[str, str]:
     """(evidence, summary) from a model reply holding a JSON object; ValueError if there is none."""
+    if not isinstance(reply, str):
+        raise ValueError(f"the reply is not text: {type(reply).__name__}")
     reply = re.sub(r"<think>.*?</think>", "", reply, flags=re.DOTALL)
     left, right = reply.find("{"), reply.rfind("}")
     if left < 0 or right < left:
         raise ValueError("the reply holds no JSON object")
-    obj = json.loads(reply[left: right + 1])
+    try:
+        obj = clean_strings(json.loads(reply[left: right + 1]))
+    except RecursionError:
+        raise ValueError("the reply's JSON is nested too deeply") from None
     if not isinstance(obj, dict):
         raise ValueError("the reply's JSON is not an object")
     parts = []
@@ -128,12 +135,15 @@ def parse_summary_reply(reply: str) -> tuple[str, str]:
 
 class LLMSummarizer:
     """Asks an OpenAI-compatible /v1/chat/completions endpoint (temperature 0.7 unless set). When every one of the
-    1 + `retries` tries fails (unreachable, HTTP error, unusable reply), it raises SummaryError, or, only when a
-    `fallback` summariser is given, returns that one's summary. Failures are counted in `failures`."""
+    1 + `retries` tries fails (unreachable, slower than `timeout`, HTTP error, unusable reply), it raises
+    SummaryError (the visit text is then the protocol's miss text), or, only when a `fallback` summariser is given,
+    returns that one's summary. Failures are counted in `failures`. A retry waits retry_delay x 2^(attempt-1), or
+    the endpoint's Retry-After, capped at `max_retry_delay`; a 4xx that says the request is wrong (not
+    408/409/425/429) is not retried. A summary takes at most (1 + retries) x timeout + retries x max_retry_delay."""
 
     def __init__(self, base_url: str, model: str, *, api_key: str | None = None, timeout: float = 60.0,
-                 retries: int = 2, retry_delay: float = 1.0, max_tokens: int = 2048, temperature: float = 0.7,
-                 fallback: Summarizer | None = None):
+                 retries: int = 2, retry_delay: float = 1.0, max_retry_delay: float = 30.0, max_tokens: int = 2048,
+                 temperature: float = 0.7, fallback: Summarizer | None = None, max_reply_bytes: int = 16 << 20):
         url = base_url.rstrip("/")
         if not url.endswith("/chat/completions"):
             url += "/chat/completions" if url.endswith("/v1") else "/v1/chat/completions"
@@ -143,9 +153,11 @@ class LLMSummarizer:
         self.timeout = timeout
         self.retries = retries
         self.retry_delay = retry_delay
+        self.max_retry_delay = max_retry_delay
         self.max_tokens = max_tokens
         self.temperature = temperature
         self.fallback = fallback
+        self.max_reply_bytes = max_reply_bytes
         self.failures = 0
         self._count_lock = threading.Lock()
 
@@ -156,8 +168,9 @@ class LLMSummarizer:
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
         request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
+        try_ends = time.monotonic() + self.timeout  # a reply that trickles in is cut there
         with urllib.request.urlopen(request, timeout=self.timeout) as response:
-            reply = json.loads(response.read())
+            reply = loads_reply(read_body(response, self.max_reply_bytes, try_ends))
         try:
             return reply["choices"][0]["message"]["content"] or ""
         except (KeyError, IndexError, TypeError) as e:
@@ -167,16 +180,22 @@ class LLMSummarizer:
         prompt = _PROMPT.format(goal=goal, page=text)
         error = None
         for attempt in range(self.retries + 1):
+            if attempt:
+                time.sleep(backoff_delay(attempt, self.retry_delay, self.max_retry_delay, error))
             try:
                 return parse_summary_reply(self._complete(prompt))
-            except (OSError, ValueError) as e:   # URLError, HTTPError and timeouts are OSErrors
+            except urllib.error.HTTPError as e:
                 error = e
                 log.warning("summary request to %s failed (attempt %d of %d): %s", self.url, attempt + 1,
                             self.retries + 1, e)
-                if attempt < self.retries:
-                    time.sleep(self.retry_delay * (attempt + 1))
+                if not retryable_status(e.code):
+                    break
+            except TRANSPORT_ERRORS as e:   # URLError and timeouts are OSErrors; unusable replies ValueErrors
+                error = e
+                log.warning("summary request to %s failed (attempt %d of %d): %s", self.url, attempt + 1,
+                            self.retries + 1, e)
         with self._count_lock:
             self.failures += 1
         if self.fallback is None:
-            raise SummaryError(f"summary failed after {self.retries + 1} tries: {error}")
+            raise SummaryError(f"summary failed after {attempt + 1} {'try' if attempt == 0 else 'tries'}: {error}")
         return self.fallback.summarize(text, goal)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from .. import run_config
 from ..agent import Agent
 from ..questions import Environments
 from ..reward import score_trajectories
@@ -35,16 +36,37 @@ def run_filter(cfg: FilterConfig) -> Path:
         distributed.shutdown(env)
 
 
+# settings that change what a question's pass count means: a resumed run must keep them
+_RESULT_KEYS = ("model", "questions", "samples_per_prompt", "temperature", "top_p", "top_k", "min_p", "max_turns",
+                "max_response_tokens", "max_prompt_tokens", "ignore_eos", "system_prompt", "env", "env_settings",
+                "judge", "judge_model", "seed")
+
+
+def _check_same_settings(cfg: FilterConfig, out_dir: Path):
+    """out_dir/config.toml records the run's settings; resuming pass counts made with others is refused."""
+    path = out_dir / "config.toml"
+    if path.is_file() and read_passes(out_dir):
+        previous = run_config.to_dict(run_config.load(FilterConfig, path))
+        changed = [k for k in _RESULT_KEYS if previous.get(k) != getattr(cfg, k)]
+        if changed:
+            raise run_config.RunConfigError(f"{out_dir} holds pass counts made with other settings "
+                                            f"({', '.join(changed)} differ from {path}); choose another out_dir")
+    run_config.save(cfg, path)
+
+
 def read_passes(out_dir: Path) -> dict[str, dict]:
-    """Every finished question's record, from all ranks' files; a torn last line (a killed writer) is dropped."""
+    """Every finished question's record, from all ranks' files. Only lines ended by a newline count: a last line
+    without one was torn by a killed writer (even when what it holds parses), and _drop_torn_line cuts it before
+    the file is appended to, so counting it would lose that question."""
     done = {}
     for path in sorted(out_dir.glob("passes.rank*.jsonl")):
-        for line in path.read_text(encoding="utf-8").splitlines():
+        for line in path.read_text(encoding="utf-8", errors="replace").split("\n")[:-1]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            done[record["id"]] = record
+            if isinstance(record, dict) and "id" in record:
+                done[str(record["id"])] = record
     return done
 
 
@@ -54,6 +76,7 @@ def _run(cfg: FilterConfig, env) -> Path:
     out_dir = Path(cfg.out_dir)
     if env.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
+        _check_same_settings(cfg, out_dir)
     distributed.barrier(env)
     questions = load_question_files(cfg.questions)
     done = read_passes(out_dir)

@@ -15,8 +15,9 @@ def trajectory_summary(t, group: int) -> dict:
     """The few numbers of one trajectory that the step's metrics need (cheap to gather from every rank)."""
     return {"group": group, "reward": float(t.reward), "source": t.data_source or "unknown",
             "response_tokens": len(t.response_ids), "sampled_tokens": t.sampled_tokens, "turns": t.num_turns,
-            "tool_calls": len(t.tool_calls), "termination": t.termination,
-            "judge": (t.judge or {}).get("method", "none")}
+            "tool_calls": len(t.tool_calls), "failed_tool_calls": sum(not c.success for c in t.tool_calls),
+            "termination": t.termination, "judge": (t.judge or {}).get("method", "none"),
+            "judge_error": bool((t.judge or {}).get("error"))}
 
 
 def rollout_metrics(summaries: list[dict]) -> dict:
@@ -44,9 +45,10 @@ def rollout_metrics(summaries: list[dict]) -> dict:
         "response_tokens_mean": mean("response_tokens"),
         "response_tokens_max": max((s["response_tokens"] for s in summaries), default=0),
         "sampled_tokens_mean": mean("sampled_tokens"), "assistant_turns_mean": mean("turns"),
-        "tool_calls_mean": mean("tool_calls"),
+        "tool_calls_mean": mean("tool_calls"), "failed_tool_calls": sum(s["failed_tool_calls"] for s in summaries),
         "termination": dict(Counter(s["termination"] for s in summaries).most_common()),
         "judge": dict(Counter(s["judge"] for s in summaries).most_common()),
+        "judge_errors": sum(s["judge_error"] for s in summaries),  # no verdict, or the endpoint unreachable
         "accuracy_by_source": {k: sum(r > 0 for r in v) / len(v) for k, v in sorted(by_source.items())},
     }
 
