@@ -28,12 +28,7 @@ from sft_helpers import REPO, losses, make_data, tiny_overrides
 ENV = DistEnv()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def state_of(model) -> dict:

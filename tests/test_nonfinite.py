@@ -16,12 +16,7 @@ from rl_helpers import make_toy, rl_config
 from sft_helpers import make_data, metrics, tiny_overrides
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def snapshot(model, optimizer, scheduler) -> dict:

@@ -21,12 +21,7 @@ from rl_helpers import make_toy, metrics, rl_config, rl_overrides
 from sft_helpers import REPO
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,8 @@ import torch
 from litere.agent import TERMINATIONS, Agent, AgentConfig, read_trajectories
 from litere.questions import Environments, Question, QuestionFileError, load_questions, world_env_settings
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # rollout.py and eval.py are top-level scripts
 sys.path.insert(0, str(ROOT / "tests"))
@@ -104,15 +106,6 @@ def test_parquet_without_pyarrow_says_what_to_install(tmp_path, monkeypatch):
 
 
 # --- the mini world, a tiny model and the real sampler --------------------------------------------------------
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run several times faster on one thread than on two contended ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     from litere.world import BuildConfig, build

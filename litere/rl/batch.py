@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from ..agent.trajectory import Trajectory
+from ..train.sft_data import first_fit_decreasing
 
 
 @dataclass
@@ -91,19 +92,7 @@ def micro_batch(samples: list[Sample], members: list[int], device) -> MicroBatch
 
 def pack(samples: list[Sample], members: list[int], pack_tokens: int) -> list[list[int]]:
     """First-fit decreasing into micro-batches of at most pack_tokens input tokens (a longer sample alone)."""
-    bins: list[list[int]] = []
-    room: list[int] = []
-    for i in sorted(members, key=lambda m: (-samples[m].num_tokens, m)):
-        length = samples[i].num_tokens
-        for b, free in enumerate(room):
-            if length <= free:
-                bins[b].append(i)
-                room[b] -= length
-                break
-        else:
-            bins.append([i])
-            room.append(pack_tokens - length)
-    return [sorted(b) for b in bins]
+    return [sorted(b) for b in first_fit_decreasing(members, lambda m: samples[m].num_tokens, pack_tokens)]
 
 
 def split_groups(group_of: list[int], parts: int) -> list[list[int]]:

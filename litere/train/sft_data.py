@@ -466,17 +466,22 @@ class BatchPlanner:
         return out
 
     def _pack(self, docs: list[int]) -> list[list[int]]:
-        """First-fit decreasing into micro-batches of at most pack_tokens input tokens."""
-        bins: list[list[int]] = []
-        room: list[int] = []
-        for i in sorted(docs, key=lambda d: (-self.input_lengths[d], d)):
-            length = int(self.input_lengths[i])
-            for b, free in enumerate(room):
-                if length <= free:
-                    bins[b].append(i)
-                    room[b] -= length
-                    break
-            else:
-                bins.append([i])
-                room.append(self.pack_tokens - length)
-        return bins
+        return first_fit_decreasing(docs, lambda d: int(self.input_lengths[d]), self.pack_tokens)
+
+
+def first_fit_decreasing(items: list[int], length, capacity: int) -> list[list[int]]:
+    """Items (longest first, ties by index) into bins of at most `capacity` by `length(item)`; an item longer than
+    the capacity gets a bin of its own. Bins in the order they were opened, items in the order they were placed."""
+    bins: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(items, key=lambda d: (-length(d), d)):
+        size = length(i)
+        for b, free in enumerate(room):
+            if size <= free:
+                bins[b].append(i)
+                room[b] -= size
+                break
+        else:
+            bins.append([i])
+            room.append(capacity - size)
+    return bins
