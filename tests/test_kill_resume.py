@@ -48,7 +48,10 @@ def files(tmp_path_factory):
 
 
 class Killer:
-    """Runs `cmd` (a fresh Python process) and SIGKILLs it, from a thread, as soon as `ready(bytes of path)`."""
+    """Runs `cmd` (a fresh Python process) and SIGKILLs it, from a thread, as soon as `ready(bytes of path)`.
+
+    The process runs in slices of a few milliseconds: it is stopped (SIGSTOP) while its output is read, so however
+    busy the machine, it cannot finish unseen between two looks."""
 
     def __init__(self, cmd: list[str], path: Path, ready, log: Path):
         self.path, self.ready, self.log = path, ready, log
@@ -61,12 +64,14 @@ class Killer:
     def _watch(self):
         deadline = time.monotonic() + 300
         while self.proc.poll() is None and time.monotonic() < deadline:
+            self.proc.send_signal(signal.SIGSTOP)
             data = self.path.read_bytes() if self.path.is_file() else b""
             if self.ready(data):
                 self.proc.send_signal(signal.SIGKILL)
                 self.seen, self.killed = data, True
                 break
-            time.sleep(0.002)
+            self.proc.send_signal(signal.SIGCONT)
+            time.sleep(0.003)
         self.proc.wait()
 
     def result(self) -> bytes:
