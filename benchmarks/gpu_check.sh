@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Every GPU-marked test, then the kernel and sampler benchmarks, in one call on one CUDA machine (at most 11 minutes:
-# each phase has its own time limit). Uses $PYTHON, else python3, as it is: it must already hold torch and triton (and pytest);
-# the project is put on PYTHONPATH, nothing is installed. Logs and results go to $OUT when set, else runs/gpu_check.
+# Every GPU-marked test, then the kernel, sampler and RL-step benchmarks, in one call on one CUDA machine (at most 16
+# minutes: each phase has its own time limit). Uses $PYTHON, else python3, as it is: it must already hold torch and
+# triton (and pytest); the project is put on PYTHONPATH, nothing is installed. Logs and results go to $OUT when set,
+# else runs/gpu_check. Name phases to run only those (tests, kernels, sampler, rl); the default is all of them.
 #   bash benchmarks/gpu_check.sh
+#   bash benchmarks/gpu_check.sh rl          # the two RL-step rows only (at most 6 minutes)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,20 +25,45 @@ print("python", platform.python_version(), "| torch", torch.__version__, "| trit
     exit 1
 fi
 
-echo "== GPU-marked tests (limit 200 s)"
-timeout 200 "$py" -m pytest tests -m gpu -q -rs -p no:cacheprovider --continue-on-collection-errors 2>&1 \
-    | tee "$out/gpu_tests.log"
-tests_rc=${PIPESTATUS[0]}
+phases=${*:-tests kernels sampler rl}
+wanted() { [[ " $phases " == *" $1 "* ]]; }
+tests_rc=- bench_rc=- sampler_rc=- rl_small_rc=- rl_large_rc=-
 
-echo "== kernel benchmarks (limit 200 s)"
-timeout 200 "$py" benchmarks/bench_kernels.py --json "$out/bench_kernels.json" 2>&1 | tee "$out/bench_kernels.log"
-bench_rc=${PIPESTATUS[0]}
+if wanted tests; then
+    echo "== GPU-marked tests (limit 200 s)"
+    timeout 200 "$py" -m pytest tests -m gpu -q -rs -p no:cacheprovider --continue-on-collection-errors 2>&1 \
+        | tee "$out/gpu_tests.log"
+    tests_rc=${PIPESTATUS[0]}
+fi
 
-echo "== sampler on the GPU: eager, compiled, transformers, 0.6B shape in bf16 (limit 150 s)"
-timeout 150 "$py" benchmarks/bench_sampler.py --presets qwen3-0.6b --dtypes bf16 --batches 1,16 --no-floors \
-    --no-multiturn --repeats 2 --device cuda --json "$out/bench_sampler.json" 2>&1 | tee "$out/bench_sampler.log"
-sampler_rc=${PIPESTATUS[0]}
+if wanted kernels; then
+    echo "== kernel benchmarks (limit 200 s)"
+    timeout 200 "$py" benchmarks/bench_kernels.py --json "$out/bench_kernels.json" 2>&1 | tee "$out/bench_kernels.log"
+    bench_rc=${PIPESTATUS[0]}
+fi
 
-echo "gpu_check: tests exit $tests_rc, kernel benchmarks exit $bench_rc, sampler benchmark exit $sampler_rc" \
-     "(124 = hit its time limit); logs in $out"
-[ "$tests_rc" -eq 0 ] && [ "$bench_rc" -eq 0 ] && [ "$sampler_rc" -eq 0 ]
+if wanted sampler; then
+    echo "== sampler on the GPU: eager, compiled, transformers, 0.6B shape in bf16 (limit 150 s)"
+    timeout 150 "$py" benchmarks/bench_sampler.py --presets qwen3-0.6b --dtypes bf16 --batches 1,16 --no-floors \
+        --no-multiturn --repeats 2 --device cuda --json "$out/bench_sampler.json" 2>&1 | tee "$out/bench_sampler.log"
+    sampler_rc=${PIPESTATUS[0]}
+fi
+
+if wanted rl; then
+    # one GRPO step each (after a short warm-up step): random weights, fp32 master + bf16 autocast, bf16 rollout copy,
+    # 16 prompts x 8 samples x 512 fixed-length sampled tokens; rollout and update tokens/s, MFU, weight sync, memory
+    echo "== RL step, 0.6B shape in bf16 (limit 150 s)"
+    timeout 150 "$py" benchmarks/bench_rl.py --no-toy --device cuda --shape qwen3-0.6b --prompts 16 --n 8 \
+        --tokens 512 --steps 1 --json "$out/bench_rl_0.6b.json" 2>&1 | tee "$out/bench_rl_0.6b.log"
+    rl_small_rc=${PIPESTATUS[0]}
+    echo "== RL step, 4B shape in bf16, activation checkpointing (limit 210 s)"
+    timeout 210 "$py" benchmarks/bench_rl.py --no-toy --device cuda --shape qwen3-4b --prompts 16 --n 8 \
+        --tokens 512 --steps 1 --json "$out/bench_rl_4b.json" 2>&1 | tee "$out/bench_rl_4b.log"
+    rl_large_rc=${PIPESTATUS[0]}
+fi
+
+echo "gpu_check: tests exit $tests_rc, kernel benchmarks exit $bench_rc, sampler benchmark exit $sampler_rc," \
+     "RL step 0.6B exit $rl_small_rc, 4B exit $rl_large_rc (124 = hit its time limit, - = not run); logs in $out"
+for rc in $tests_rc $bench_rc $sampler_rc $rl_small_rc $rl_large_rc; do
+    [ "$rc" = - ] || [ "$rc" -eq 0 ] || exit 1
+done

@@ -212,3 +212,11 @@ def test_an_unreachable_judge_falls_back_and_is_counted(toy, tmp_path):
     [m] = metrics(tmp_path)
     answered = sum(m["judge"].values()) - m["judge"].get("no_answer", 0)
     assert answered > 0 and m["judge"].get("exact_match_fallback", 0) == answered == m["judge_errors"]
+
+
+def test_a_step_whose_every_trajectory_fails_stops_the_run(toy, tmp_path):
+    bad = tmp_path / "no_env.jsonl"
+    bad.write_text("".join(json.dumps({"id": f"x{i}", "question": "Say a word.", "answers": ["yes"]}) + "\n"
+                           for i in range(4)))
+    with pytest.raises(RuntimeError, match="step 1: every trajectory ended in an error, e.g. no environment"):
+        loop.train(rl_config(toy, run_dir=str(tmp_path / "run"), questions=[str(bad)], max_steps=1))

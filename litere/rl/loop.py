@@ -192,6 +192,9 @@ class RLRun:
             torch.ones(len(rewards), dtype=torch.bool)
         mine_summaries = [trajectory_summary(t, mine[g]) for t, g in zip(trajectories, group_of)]
         summaries = [s for part in gather_objects(mine_summaries, env) for s in part]
+        if all(s["termination"] == "error" for s in summaries):  # nothing to learn from: a setup fault
+            example = next((t.error for t in trajectories if t.error), "see the rollout dump")
+            raise RuntimeError(f"step {self.step + 1}: every trajectory ended in an error, e.g. {example}")
         record = {"epoch": self.position.epoch, **rollout_metrics(summaries)}
         if cfg.dump_rollouts:
             self._dump(trajectories, advantages)
