@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .env import open_env
+from .textlines import utf8_lines
 from .tokenizer import USER_PREFIX
 
 
@@ -127,24 +128,11 @@ def _id(value, where: str, default: str) -> str:
     return _text(value, where, "id")
 
 
-def _lines(path: Path):
-    """(line number, text) of each non-blank line; a line that is not UTF-8 is an error naming it."""
-    with path.open("rb") as f:
-        for line_no, raw in enumerate(f, 1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise QuestionFileError(f"{path}:{line_no}: not UTF-8 text (byte {raw[e.start]:#04x} at column "
-                                        f"{e.start + 1})") from None
-            if line_no == 1:
-                line = line.removeprefix("\ufeff")  # a byte-order mark
-            if line.strip():
-                yield line_no, line
 
 
 def _read_jsonl(path: Path) -> list[tuple[str, Question]]:
     questions = []
-    for line_no, line in _lines(path):
+    for line_no, line in utf8_lines(path, QuestionFileError):
         where = f"{path}:{line_no}"
         try:
             row = json.loads(line)

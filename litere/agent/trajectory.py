@@ -8,6 +8,8 @@ import types
 import typing
 from dataclasses import dataclass, field
 
+from ..textlines import utf8_lines
+
 # the sampling settings a record keeps (docs/protocol.md section 8); seed is the one that sample was drawn with
 SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "presence_penalty", "repetition_penalty", "seed")
 
@@ -190,24 +192,14 @@ class TrajectoryFileError(ValueError):
 
 def read_trajectories(path) -> list[Trajectory]:
     out = []
-    with open(path, "rb") as f:
-        for line_no, raw in enumerate(f, 1):
-            where = f"{path}:{line_no}"
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise TrajectoryFileError(f"{where}: not UTF-8 text (byte {raw[e.start]:#04x} at column "
-                                          f"{e.start + 1})") from None
-            if line_no == 1:
-                line = line.removeprefix("\ufeff")
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except (json.JSONDecodeError, RecursionError) as e:
-                raise TrajectoryFileError(f"{where}: not valid JSON ({e})") from None
-            try:
-                out.append(Trajectory.from_dict(record))
-            except (ValueError, TypeError) as e:
-                raise TrajectoryFileError(f"{where}: not a trajectory record ({e})") from None
+    for line_no, line in utf8_lines(path, TrajectoryFileError):
+        where = f"{path}:{line_no}"
+        try:
+            record = json.loads(line)
+        except (json.JSONDecodeError, RecursionError) as e:
+            raise TrajectoryFileError(f"{where}: not valid JSON ({e})") from None
+        try:
+            out.append(Trajectory.from_dict(record))
+        except (ValueError, TypeError) as e:
+            raise TrajectoryFileError(f"{where}: not a trajectory record ({e})") from None
     return out
