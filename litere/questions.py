@@ -128,8 +128,6 @@ def _id(value, where: str, default: str) -> str:
     return _text(value, where, "id")
 
 
-
-
 def _read_jsonl(path: Path) -> list[tuple[str, Question]]:
     questions = []
     for line_no, line in utf8_lines(path, QuestionFileError):

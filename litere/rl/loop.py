@@ -105,6 +105,9 @@ class RLRun:
         del start
         self.rollout_weights = RolloutWeights(self.policy, env, rollout_dtype(cfg.rollout_dtype, env.device))
         self.judge = make_judge(cfg)
+        # skipped (non-finite) updates in a row, policy and critic
+        self.nonfinite = NonFiniteGuard(cfg.max_nonfinite_steps, self.run_dir, self.log, "policy updates")
+        self.nonfinite_critic = NonFiniteGuard(cfg.max_nonfinite_steps, self.run_dir, self.log, "critic updates")
         self.envs = Environments(cfg.env or None, **cfg.env_settings)
         self.step, self.position = 0, PromptPosition()
         if resume_from is not None:
@@ -316,9 +319,6 @@ class RLRun:
         cfg, env = self.cfg, self.env
         sums: dict[str, torch.Tensor] = {}
         norms = []
-        if not hasattr(self, "nonfinite"):  # skipped (non-finite) updates in a row, policy and critic
-            self.nonfinite = NonFiniteGuard(cfg.max_nonfinite_steps, self.run_dir, self.log, "policy updates")
-            self.nonfinite_critic = NonFiniteGuard(cfg.max_nonfinite_steps, self.run_dir, self.log, "critic updates")
         skipped = 0
         train_policy = self.critic is None or self.step >= cfg.critic_warmup_steps
         for _ in range(cfg.ppo_epochs):
@@ -332,7 +332,6 @@ class RLRun:
                     grad_norm, stepped = optimizer_step(self.policy, self.optimizer, self.scheduler, cfg.grad_clip)
                     norms += [grad_norm] if stepped else []
                     skipped += not stepped
-                    add_into(sums, {"policy_updates": torch.tensor(1.0 / env.world_size)})
                     self.nonfinite.record(stepped, self.step + 1)
                 if self.critic is not None:
                     for k, members in enumerate(micros):
@@ -341,9 +340,11 @@ class RLRun:
                         (self._critic_loss(samples, mb, norm, sums) * env.world_size).backward()
                     _, stepped = optimizer_step(self.critic, self.critic_optimizer, None, cfg.grad_clip)
                     skipped += not stepped
-                    add_into(sums, {"vf_minibatches": torch.tensor(1.0 / env.world_size)})
                     self.nonfinite_critic.record(stepped, self.step + 1)
         out = reduce_sums(sums, env)
+        updates = cfg.ppo_epochs * len(plan)
+        out["policy_updates"] = updates if train_policy else 0
+        out["vf_minibatches"] = updates if self.critic is not None else 0
         if norms:
             out["grad_norm"] = sum(norms) / len(norms)
         out["skipped_updates"] = skipped  # the same on every rank: the norms are global
