@@ -27,7 +27,12 @@ import torch.nn.functional as F
 
 
 def has_bf16() -> bool:
-    """Whether the CPU multiplies bf16 natively; without AVX512-BF16 or AMX, bf16 matmuls are slower than fp32."""
+    """Whether the CPU multiplies bf16 natively; without AVX512-BF16 or AMX, bf16 matmuls are slower than fp32.
+
+    Both the CPU and torch must use those instructions: ATEN_CPU_CAPABILITY=avx2 (which also stands in for an
+    AVX2-only machine) leaves torch without them, and such a machine trains in fp32."""
+    if torch.backends.cpu.get_cpu_capability() not in ("AVX512", "AMX"):
+        return False
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:

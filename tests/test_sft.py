@@ -111,6 +111,83 @@ def test_warmup_then_cosine_schedule():
     assert all(a > b for a, b in zip(values[2:], values[3:])) and values[-1] > 0.1
 
 
+def test_warmup_hold_decay_schedule_and_an_earlier_decay():
+    schedule = sft.WarmupHoldDecay(total_steps=20, warmup_steps=2, decay_steps=4, min_ratio=0.1)
+    assert (schedule.decay_start, schedule.end_step) == (16, 20)
+    assert [schedule(s) for s in range(3)] == [0.5, 1.0, 1.0] and schedule(15) == 1.0
+    assert schedule(18) == pytest.approx(0.1 + 0.9 * 0.5) and schedule(20) == pytest.approx(0.1)
+    schedule.start_decay(7)
+    assert (schedule.decay_start, schedule.end_step, schedule.decay_triggered_at) == (7, 11, 7)
+    assert schedule(7) == 1.0 and schedule(9) == pytest.approx(0.55) and schedule(11) == pytest.approx(0.1)
+    schedule.start_decay(5)  # the first decision stands
+    assert schedule.end_step == 11
+    early = sft.WarmupHoldDecay(total_steps=20, warmup_steps=2, decay_steps=4, min_ratio=0.0)
+    early.start_decay(1)  # not before the warmup is over
+    assert (early.decay_start, early(1)) == (2, 1.0)
+
+
+def test_copy_targets_are_pairs_seen_earlier_in_the_conversation_and_never_in_training():
+    from litere.train.sft_data import MicroBatch
+    ids = torch.tensor([5, 7, 8, 5, 7, 8, 5, 7, 8, 9])  # two conversations: [5 7 8 5 7 8] and [5 7 8 9]
+    batch = MicroBatch(ids[:-1], torch.zeros(9, dtype=torch.long), ids[1:], torch.ones(9), [5, 4])
+    known = sft.token_pairs(torch.tensor([5]).numpy(), torch.tensor([7]).numpy())  # training saw 5 -> 7 only
+    # conversation 1 targets: 7 8 5 7 8 (pairs 5-7 7-8 8-5 5-7 7-8); the second 7-8 repeats an unknown pair
+    # conversation 2 (positions 5..8, inputs 8 5 7 8 -> targets 5 7 8 9): nothing repeats within it
+    assert sft.copy_targets(batch, known).tolist() == [False, False, False, False, True, False, False, False, False]
+
+
+def run_with_copy_losses(data_dir, run_dir, monkeypatch, copy_losses: dict, **settings):
+    """A run whose held-out copy loss at step s is copy_losses[s] (5.0 where not given)."""
+    real = sft.held_out_loss
+
+    def scripted(model, held_out, env, autocast_dtype):
+        result = real(model, held_out, env, autocast_dtype)
+        step = len(metrics(run_dir)) + 1 if (run_dir / "metrics.jsonl").exists() else 1
+        return {**result, "eval_copy_loss": copy_losses.get(step, 5.0)}
+
+    monkeypatch.setattr(sft, "held_out_loss", scripted)
+    return run(data_dir, run_dir, max_steps=12, warmup_ratio=0.1, decay_steps=3, decay_when_copy_loss_below=0.5,
+               eval_files=[str(data_dir / "eval.jsonl")], eval_every=2, export=False, **settings)
+
+
+def test_a_low_held_out_copy_loss_starts_the_decay_and_ends_the_run_after_it(data_dir, tmp_path, monkeypatch):
+    by_step = run_with_copy_losses(data_dir, tmp_path / "run", monkeypatch, {4: 0.3, 6: 0.1})
+    assert list(by_step) == [1, 2, 3, 4, 5, 6, 7]  # decision after step 4, three decay steps
+    records = metrics(tmp_path / "run")
+    assert [r["lr"] for r in records[1:5]] == [3e-3] * 4 and records[-1]["lr"] < records[-2]["lr"] < 3e-3
+    assert records[-1]["decay_start"] == 4 and "eval_loss" in records[-1]
+    assert "the lr decays from here, the run ends at step 7" in (tmp_path / "run" / "train.log").read_text()
+    untriggered = run_with_copy_losses(data_dir, tmp_path / "never", monkeypatch, {})
+    assert list(untriggered) == list(range(1, 13))  # max_steps bounds the run, the decay in its last 3 steps
+
+
+def test_a_resumed_run_keeps_the_decay_decision(data_dir, tmp_path, monkeypatch):
+    reference = run_with_copy_losses(data_dir, tmp_path / "reference", monkeypatch, {4: 0.3})
+    monkeypatch.undo()
+    run_dir = tmp_path / "crashed"
+    crash_in_step(monkeypatch, 6)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_with_copy_losses(data_dir, run_dir, monkeypatch, {4: 0.3}, checkpoint_every=5)
+    monkeypatch.undo()
+    resumed = run_with_copy_losses(data_dir, run_dir, monkeypatch, {}, checkpoint_every=5)  # no second trigger
+    assert "resumed from" in (run_dir / "train.log").read_text()
+    assert list(resumed) == list(reference) == [1, 2, 3, 4, 5, 6, 7]
+    for step in reference:
+        assert resumed[step] == pytest.approx(reference[step], abs=1e-6)
+
+
+def test_decay_on_copy_loss_needs_its_probe(data_dir, tmp_path):
+    with pytest.raises(run_config.RunConfigError, match="needs decay_steps, eval_files, eval_every"):
+        run(data_dir, tmp_path / "run", max_steps=10, decay_when_copy_loss_below=0.5)
+
+
+def test_eval_limit_takes_the_first_conversations(data_dir, tmp_path):
+    run(data_dir, tmp_path / "run", max_steps=1, export=False, eval_files=[str(data_dir / "eval.jsonl")],
+        eval_limit=3)
+    assert "the first 3 are used" in (tmp_path / "run" / "train.log").read_text()
+    assert metrics(tmp_path / "run")[-1]["eval_copy_share"] >= 0
+
+
 def test_step_flops_counts_matmuls_and_causal_attention():
     config = small_config()
     matmul = 6 * config.num_parameters() * 10
@@ -225,3 +302,9 @@ def test_a_run_with_context_loss_logs_the_supervised_loss(data_dir, tmp_path):
     context = run(data_dir, tmp_path / "context", max_steps=2, export=False, context_loss_weight=0.5)
     assert context[1] == pytest.approx(plain[1], abs=1e-6)  # the same weights score the same tokens
     assert context[2] != pytest.approx(plain[2], abs=1e-4)  # a different objective took the first update
+
+
+def test_bf16_needs_torch_to_use_the_cpus_bf16_instructions(monkeypatch):
+    from litere import cpu
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")  # ATEN_CPU_CAPABILITY=avx2
+    assert not cpu.has_bf16()

@@ -125,6 +125,33 @@ class WarmupCosine:
         return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+class WarmupHoldDecay:
+    """LR multiplier: linear warmup, the peak held, then cosine to min_ratio over the last `decay_steps`
+    (warmup-stable-decay). `start_decay(step)` moves the decay earlier, to start after `step` (the trainer calls it
+    when a held-out probe says the model is ready); without it the decay starts at total_steps - decay_steps. The
+    run ends where the decay does (`end_step`). The decision is this object's state, which the scheduler's
+    state_dict (and so a checkpoint) keeps."""
+
+    def __init__(self, total_steps: int, warmup_steps: int, decay_steps: int, min_ratio: float):
+        self.warmup_steps, self.decay_steps, self.min_ratio = warmup_steps, decay_steps, min_ratio
+        self.decay_start = max(warmup_steps, total_steps - decay_steps)
+        self.decay_triggered_at = None
+
+    @property
+    def end_step(self) -> int:
+        return self.decay_start + self.decay_steps
+
+    def start_decay(self, step: int):
+        if self.decay_triggered_at is None and step < self.decay_start:
+            self.decay_start = self.decay_triggered_at = max(step, self.warmup_steps)
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        progress = min(1.0, max(0, step - self.decay_start) / max(1, self.decay_steps))
+        return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
 class TimedWarmupCosine:
     """LR multiplier over a wall-clock budget: linear warmup (from 1%) over the first `warmup_ratio` of the budget,
     then cosine to min_ratio at its end. The training loop sets `elapsed_s` before each scheduler step; the

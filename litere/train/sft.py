@@ -15,16 +15,18 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .. import run_config
 from ..tokenizer import Tokenizer
 from . import checkpoint, distributed
-from .core import (NonFiniteGuard, RunLog, TimedWarmupCosine, TrainerConfig, WarmupCosine, agreed_seconds, build_model,
-                   build_optimizer, check_choice, check_non_negative, check_positive, duration, export, load_tokenizer, model_config,
-                   open_run, optimizer_step, peak_flops, resolve_precision, step_flops)
+from .core import (NonFiniteGuard, RunLog, TimedWarmupCosine, TrainerConfig, WarmupCosine, WarmupHoldDecay,
+                   agreed_seconds, build_model, build_optimizer, check_choice, check_non_negative, check_positive,
+                   duration, export, load_tokenizer, model_config, open_run, optimizer_step, peak_flops,
+                   resolve_precision, step_flops)
 from .distributed import DistEnv
-from .sft_data import BatchPlanner, DataPosition, MicroBatch, load_sft_dataset
+from .sft_data import BatchPlanner, DataPosition, MicroBatch, SFTDataset, load_sft_dataset
 
 
 @dataclass
@@ -54,7 +56,14 @@ class SFTConfig(TrainerConfig):
     budget_minutes: float = 0.0
     eval_files: list[str] = field(default_factory=list)  # held-out conversations: their token-mean loss is logged
     eval_every: int = 0  # steps; 0: evaluate after the last step only
+    eval_limit: int = 0  # > 0: only the first this many conversations of eval_files
     min_lr_ratio: float = 0.0  # the cosine ends at lr * min_lr_ratio
+    # > 0: warmup, the peak lr held, then the cosine over the last decay_steps of the run (warmup-stable-decay)
+    decay_steps: int = 0
+    # > 0 (with decay_steps, eval_files and eval_every): the decay starts as soon as the held-out copy loss (the
+    # loss of targets that only copying from the context predicts, logged as eval_copy_loss) is below this value,
+    # and the run ends decay_steps later; max_steps bounds the run (the decay then starts decay_steps before it)
+    decay_when_copy_loss_below: float = 0.0
 
     def __post_init__(self):
         super().__post_init__()
@@ -62,7 +71,18 @@ class SFTConfig(TrainerConfig):
                              "think_layout": ("normalize", "reject"), "batch_unit": ("sequences", "tokens")}.items():
             check_choice(self, key, allowed)
         check_positive(self, "cutoff_len", "pack_tokens", "global_batch", "epochs")
-        check_non_negative(self, "max_steps", "eval_every")
+        check_non_negative(self, "max_steps", "eval_every", "eval_limit", "decay_steps", "decay_when_copy_loss_below")
+        if self.decay_when_copy_loss_below > 0:
+            missing = [k for k, ok in (("decay_steps", self.decay_steps > 0), ("eval_files", bool(self.eval_files)),
+                                       ("eval_every", self.eval_every > 0), ("max_steps", self.max_steps > 0)) if not ok]
+            if missing:
+                raise run_config.RunConfigError(
+                    f"decay_when_copy_loss_below={self.decay_when_copy_loss_below} needs {', '.join(missing)} "
+                    "(the held-out probe that starts the decay, and the longest run)",
+                    key="decay_when_copy_loss_below")
+        if self.decay_steps > 0 and self.budget_minutes > 0:
+            raise run_config.RunConfigError("decay_steps counts steps; it does not combine with budget_minutes",
+                                            key="decay_steps")
         if self.cutoff_len < 2:
             raise run_config.RunConfigError(f"cutoff_len={self.cutoff_len}: need at least 2 tokens", key="cutoff_len")
         if not 0 <= self.min_lr_ratio <= 1:
@@ -79,7 +99,10 @@ class SFTConfig(TrainerConfig):
 def lr_schedule(cfg: SFTConfig, total_steps: int):
     if cfg.budget_minutes > 0:
         return TimedWarmupCosine(cfg.budget_minutes * 60, cfg.warmup_ratio, cfg.min_lr_ratio)
-    return WarmupCosine(total_steps, math.ceil(cfg.warmup_ratio * total_steps), cfg.min_lr_ratio)
+    warmup = math.ceil(cfg.warmup_ratio * total_steps)
+    if cfg.decay_steps > 0:
+        return WarmupHoldDecay(total_steps, warmup, min(cfg.decay_steps, total_steps - warmup), cfg.min_lr_ratio)
+    return WarmupCosine(total_steps, warmup, cfg.min_lr_ratio)
 
 
 # --- one step -----------------------------------------------------------------------------------------------------
@@ -107,12 +130,6 @@ def token_nll(model, batch: MicroBatch, device, autocast_dtype: torch.dtype | No
     return (-logprobs if len(supervised) else logprobs * 0), batch.weights[scored]
 
 
-def summed_nll(model, batch: MicroBatch, device, autocast_dtype: torch.dtype | None) -> torch.Tensor:
-    """Sum of -logprob over the supervised targets of one packed micro-batch."""
-    nll, weights = token_nll(model, batch, device, autocast_dtype)
-    return (nll * weights).sum()
-
-
 def micro_step(model, batch: MicroBatch, scale: float, device, autocast_dtype: torch.dtype | None,
                context_weight: float = 0.0) -> torch.Tensor:
     """Forward and backward of one packed micro-batch; returns its summed supervised -logprob (detached).
@@ -128,14 +145,51 @@ def micro_step(model, batch: MicroBatch, scale: float, device, autocast_dtype: t
     return supervised.detach()
 
 
-def held_out_loss(model, planner: BatchPlanner, env: DistEnv, autocast_dtype: torch.dtype | None) -> float:
-    """Token-mean loss over the whole evaluation set (the planner's single step), without gradients."""
-    batch = planner.batch(DataPosition(), env.rank, env.world_size)
-    nll = torch.zeros((), dtype=torch.float64, device=env.device)
+def token_pairs(ids: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """One int64 per (token, next token) pair."""
+    return (ids.astype(np.int64) << 32) + targets
+
+
+def copy_targets(batch: MicroBatch, known_pairs: np.ndarray) -> torch.Tensor:
+    """Which targets only copying predicts: the pair (input token, target) occurs earlier in the same conversation
+    and nowhere in the training data (a new name or number that the context spells out)."""
+    pairs = token_pairs(batch.input_ids.numpy(), batch.targets.numpy())
+    copy = np.zeros(len(pairs), dtype=bool)
+    start = 0
+    for n in batch.seqlens:
+        seq = pairs[start:start + n]
+        _, first, inverse = np.unique(seq, return_index=True, return_inverse=True)
+        copy[start:start + n] = first[inverse] < np.arange(n)
+        start += n
+    copy &= ~np.isin(pairs, known_pairs)
+    return torch.from_numpy(copy)
+
+
+@dataclass
+class HeldOut:
+    """The evaluation set as one planned step, and the token pairs of the training data (for the copy split)."""
+    planner: BatchPlanner
+    known_pairs: np.ndarray
+
+
+def held_out_loss(model, held_out: HeldOut, env: DistEnv, autocast_dtype: torch.dtype | None) -> dict:
+    """Token-mean losses over the evaluation set (the planner's single step), without gradients: `eval_loss` over
+    the supervised targets, split into `eval_copy_loss` (targets only copying predicts, see copy_targets) and
+    `eval_other_loss`, with `eval_copy_share` (the copy targets' share of the supervised ones)."""
+    batch = held_out.planner.batch(DataPosition(), env.rank, env.world_size)
+    sums = torch.zeros(4, dtype=torch.float64, device=env.device)  # copy nll, copy count, other nll, other count
     with torch.no_grad():
         for micro in batch.micro_batches:
-            nll += summed_nll(model, micro, env.device, autocast_dtype).double()
-    return float(distributed.all_reduce_sum(nll, env)) / batch.supervised_tokens
+            supervised = micro.weights.nonzero().squeeze(1)
+            copy = (copy_targets(micro, held_out.known_pairs)[supervised] if len(supervised)
+                    else torch.zeros(1, dtype=torch.bool))  # token_nll scores one dummy target then
+            nll, weights = token_nll(model, micro, env.device, autocast_dtype)
+            nll, weights, copy = nll.double() * weights, weights.double(), copy.to(env.device).double()
+            sums += torch.stack([(nll * copy).sum(), (weights * copy).sum(), (nll * (1 - copy)).sum(),
+                                 (weights * (1 - copy)).sum()])
+    c_nll, c_n, o_nll, o_n = distributed.all_reduce_sum(sums, env).tolist()
+    return {"eval_loss": (c_nll + o_nll) / max(1.0, c_n + o_n), "eval_copy_loss": c_nll / c_n if c_n else None,
+            "eval_other_loss": o_nll / max(1.0, o_n), "eval_copy_share": c_n / max(1.0, c_n + o_n)}
 
 
 # --- the run ------------------------------------------------------------------------------------------------------
@@ -154,7 +208,7 @@ def _train(cfg: SFTConfig, env: DistEnv) -> Path:
     tokenizer, tokenizer_dir = load_tokenizer(cfg)
     mcfg = model_config(cfg, tokenizer)
     run_dir, log, resume_from = open_run(cfg, env)
-    planner, eval_planner = _load_data(cfg, tokenizer, log)
+    planner, held_out = _load_data(cfg, tokenizer, log)
     total_steps = cfg.max_steps if cfg.max_steps > 0 else planner.total_steps(cfg.epochs)
     if total_steps <= 0:
         raise run_config.RunConfigError(f"no full global batch: {len(planner.dataset)} conversations, "
@@ -178,10 +232,17 @@ def _train(cfg: SFTConfig, env: DistEnv) -> Path:
     clock = scheduler.lr_lambdas[0] if cfg.budget_minutes > 0 else None
     if clock:  # a resumed schedule keeps its elapsed time but takes this config's budget
         clock.budget_s, clock.warmup_ratio, clock.min_ratio = cfg.budget_minutes * 60, cfg.warmup_ratio, cfg.min_lr_ratio
-    stop_step = min(total_steps, cfg.stop_after_steps) if cfg.stop_after_steps > 0 else total_steps
+    schedule = scheduler.lr_lambdas[0]
+
+    def stop_step() -> int:
+        end = schedule.end_step if isinstance(schedule, WarmupHoldDecay) else total_steps
+        return min(end, cfg.stop_after_steps) if cfg.stop_after_steps > 0 else end
     length = (f"{cfg.budget_minutes:g} minutes (at most {total_steps} steps)" if clock else f"{total_steps} steps")
-    if stop_step < total_steps:
-        length += f", stopping after step {stop_step}"
+    if cfg.decay_when_copy_loss_below > 0:
+        length += (f" at most, the lr decaying over {cfg.decay_steps} steps once the held-out copy loss is below "
+                   f"{cfg.decay_when_copy_loss_below:g}")
+    if cfg.stop_after_steps > 0:
+        length += f", stopping after step {stop_step()}"
     log.info(f"model: {mcfg.num_parameters() / 1e6:.1f}M parameters, {env.world_size} process(es) on "
              f"{env.device.type}, precision {precision}" + (f" ({bf16_mode})" if precision == "bf16" else "")
              + f", activation checkpointing {'on' if cfg.activation_checkpointing else 'off'}; {length} of "
@@ -190,7 +251,7 @@ def _train(cfg: SFTConfig, env: DistEnv) -> Path:
     nonfinite = NonFiniteGuard(cfg.max_nonfinite_steps, run_dir, log)
     budget_before = clock.elapsed_s if clock else 0.0  # time spent before a resume
     out_of_time = False
-    while step < stop_step and not out_of_time:
+    while step < stop_step() and not out_of_time:
         t0 = time.perf_counter()
         batch = planner.batch(position, env.rank, env.world_size)
         scale = env.world_size / batch.supervised_tokens
@@ -216,17 +277,26 @@ def _train(cfg: SFTConfig, env: DistEnv) -> Path:
                   "skipped_updates": 0 if stepped else 1}
         if peak:
             record["mfu"] = step_flops(mcfg, batch.doc_lengths) / seconds / (peak * env.world_size)
-        last = step == stop_step or out_of_time
         if clock:
             record["train_s"] = round(clock.elapsed_s, 2)
-        if eval_planner and (last or (cfg.eval_every > 0 and step % cfg.eval_every == 0)):
-            record["eval_loss"] = held_out_loss(model, eval_planner, env, autocast_dtype)
-            log.info(f"step {step}: held-out loss {record['eval_loss']:.4f}")
+        if held_out and (step >= stop_step() or out_of_time or (cfg.eval_every > 0 and step % cfg.eval_every == 0)):
+            record.update(held_out_loss(model, held_out, env, autocast_dtype))
+            copy = record["eval_copy_loss"]
+            log.info(f"step {step}: held-out loss {record['eval_loss']:.4f} (copy targets "
+                     + (f"{copy:.4f}, {record['eval_copy_share']:.1%} of them)" if copy is not None else "none)"))
+            if copy is not None and copy < cfg.decay_when_copy_loss_below and schedule.decay_triggered_at is None:
+                schedule.start_decay(step)
+                if schedule.decay_triggered_at is not None:
+                    log.info(f"step {step}: the held-out copy loss is below {cfg.decay_when_copy_loss_below:g}; "
+                             f"the lr decays from here, the run ends at step {stop_step()}")
+        if isinstance(schedule, WarmupHoldDecay):
+            record["decay_start"] = schedule.decay_start
+        last = step >= stop_step() or out_of_time
         log.metrics(record)
         if step % cfg.log_every == 0 or last or not stepped:
-            _progress_line(log, record, stop_step, time.perf_counter() - started, step - start_step, clock)
+            _progress_line(log, record, stop_step(), time.perf_counter() - started, step - start_step, clock)
         nonfinite.record(stepped, step)
-        stopped_early = last and step < total_steps and not out_of_time  # always checkpointed: a later run continues
+        stopped_early = last and cfg.stop_after_steps > 0 and step == cfg.stop_after_steps and not out_of_time  # always checkpointed: a later run continues
         if stopped_early or (cfg.checkpoint_every > 0 and step % cfg.checkpoint_every == 0 and not last):
             path = checkpoint.save(run_dir, step, model, optimizer, scheduler,
                                    {"data_position": vars(position), "data_fingerprint": planner.dataset.fingerprint()},
@@ -238,8 +308,8 @@ def _train(cfg: SFTConfig, env: DistEnv) -> Path:
 
 
 
-def _load_data(cfg: SFTConfig, tokenizer: Tokenizer, log: RunLog) -> tuple[BatchPlanner, BatchPlanner | None]:
-    """The training plan and, with eval_files, a plan that covers the whole evaluation set in one step."""
+def _load_data(cfg: SFTConfig, tokenizer: Tokenizer, log: RunLog) -> tuple[BatchPlanner, HeldOut | None]:
+    """The training plan and, with eval_files, a plan that covers the evaluation set in one step."""
     settings = dict(cutoff_len=cfg.cutoff_len, overlong=cfg.overlong, bad_lines=cfg.bad_lines,
                     think_layout=cfg.think_layout, log=log.info)
     dataset, stats = load_sft_dataset(cfg.train_files, tokenizer, **settings)
@@ -249,9 +319,14 @@ def _load_data(cfg: SFTConfig, tokenizer: Tokenizer, log: RunLog) -> tuple[Batch
     if not cfg.eval_files:
         return planner, None
     eval_set, eval_stats = load_sft_dataset(cfg.eval_files, tokenizer, **settings)
-    log.info(f"eval data: {eval_stats.summary()}")
-    return planner, BatchPlanner(eval_set, global_batch=len(eval_set), unit="sequences", pack_tokens=cfg.pack_tokens,
-                                 seed=cfg.seed)
+    if cfg.eval_limit and cfg.eval_limit < len(eval_set):
+        n = cfg.eval_limit
+        eval_set = SFTDataset(eval_set.tokens[:eval_set.offsets[n]], eval_set.labels[:eval_set.offsets[n]],
+                              eval_set.offsets[:n + 1], eval_set.sources[:n])
+    log.info(f"eval data: {eval_stats.summary()}" + (f"; the first {len(eval_set)} are used" if cfg.eval_limit else ""))
+    known = np.unique(token_pairs(dataset.tokens[:-1], dataset.tokens[1:]))
+    return planner, HeldOut(BatchPlanner(eval_set, global_batch=len(eval_set), unit="sequences",
+                                         pack_tokens=cfg.pack_tokens, seed=cfg.seed), known)
 
 
 def _progress_line(log: RunLog, record: dict, last_step: int, elapsed: float, steps_done: int,
