@@ -146,8 +146,9 @@ def run_with_copy_losses(data_dir, run_dir, monkeypatch, copy_losses: dict, **se
         return {**result, "eval_copy_loss": copy_losses.get(step, 5.0)}
 
     monkeypatch.setattr(sft, "held_out_loss", scripted)
+    settings = {"export": False, **settings}
     return run(data_dir, run_dir, max_steps=12, warmup_ratio=0.1, decay_steps=3, decay_when_copy_loss_below=0.5,
-               eval_files=[str(data_dir / "eval.jsonl")], eval_every=2, export=False, **settings)
+               eval_files=[str(data_dir / "eval.jsonl")], eval_every=2, **settings)
 
 
 def test_a_low_held_out_copy_loss_starts_the_decay_and_ends_the_run_after_it(data_dir, tmp_path, monkeypatch):
@@ -157,8 +158,20 @@ def test_a_low_held_out_copy_loss_starts_the_decay_and_ends_the_run_after_it(dat
     assert [r["lr"] for r in records[1:5]] == [3e-3] * 4 and records[-1]["lr"] < records[-2]["lr"] < 3e-3
     assert records[-1]["decay_start"] == 4 and "eval_loss" in records[-1]
     assert "the lr decays from here, the run ends at step 7" in (tmp_path / "run" / "train.log").read_text()
+    assert not (tmp_path / "run" / "pre_decay").exists()
     untriggered = run_with_copy_losses(data_dir, tmp_path / "never", monkeypatch, {})
     assert list(untriggered) == list(range(1, 13))  # max_steps bounds the run, the decay in its last 3 steps
+
+
+def test_the_model_before_the_decay_is_exported_on_request(data_dir, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+    run_with_copy_losses(data_dir, tmp_path / "run", monkeypatch, {4: 0.3}, export_before_decay=True)
+    stopped = run_with_copy_losses(data_dir, tmp_path / "stopped", monkeypatch, {}, stop_after_steps=4, export=True)
+    assert list(stopped) == [1, 2, 3, 4]  # the same four steps, exported as final
+    branch = load_file(tmp_path / "run" / "pre_decay" / "model.safetensors")
+    expected = load_file(tmp_path / "stopped" / "final" / "model.safetensors")
+    assert branch.keys() == expected.keys() and all(torch.equal(branch[k], expected[k]) for k in branch)
+    assert (tmp_path / "run" / "pre_decay" / "tokenizer.json").is_file()
 
 
 def test_a_resumed_run_keeps_the_decay_decision(data_dir, tmp_path, monkeypatch):

@@ -64,6 +64,9 @@ class SFTConfig(TrainerConfig):
     # loss of targets that only copying from the context predicts, logged as eval_copy_loss) is below this value,
     # and the run ends decay_steps later; max_steps bounds the run (the decay then starts decay_steps before it)
     decay_when_copy_loss_below: float = 0.0
+    # with decay_steps: also export the model as it is when the decay starts, to run_dir/pre_decay (a branch point
+    # for other continuations, e.g. reinforcement learning from a model that has not been annealed)
+    export_before_decay: bool = False
 
     def __post_init__(self):
         super().__post_init__()
@@ -238,6 +241,7 @@ def _train(cfg: SFTConfig, env: DistEnv) -> Path:
         end = schedule.end_step if isinstance(schedule, WarmupHoldDecay) else total_steps
         return min(end, cfg.stop_after_steps) if cfg.stop_after_steps > 0 else end
     length = (f"{cfg.budget_minutes:g} minutes (at most {total_steps} steps)" if clock else f"{total_steps} steps")
+    length += f" of {cfg.global_batch} {cfg.batch_unit}"
     if cfg.decay_when_copy_loss_below > 0:
         length += (f" at most, the lr decaying over {cfg.decay_steps} steps once the held-out copy loss is below "
                    f"{cfg.decay_when_copy_loss_below:g}")
@@ -245,8 +249,8 @@ def _train(cfg: SFTConfig, env: DistEnv) -> Path:
         length += f", stopping after step {stop_step()}"
     log.info(f"model: {mcfg.num_parameters() / 1e6:.1f}M parameters, {env.world_size} process(es) on "
              f"{env.device.type}, precision {precision}" + (f" ({bf16_mode})" if precision == "bf16" else "")
-             + f", activation checkpointing {'on' if cfg.activation_checkpointing else 'off'}; {length} of "
-               f"{cfg.global_batch} {cfg.batch_unit}, {planner.steps_in_epoch(0)} steps per epoch")
+             + f", activation checkpointing {'on' if cfg.activation_checkpointing else 'off'}; {length}, "
+               f"{planner.steps_in_epoch(0)} steps per epoch")
     started, start_step = time.perf_counter(), step
     nonfinite = NonFiniteGuard(cfg.max_nonfinite_steps, run_dir, log)
     budget_before = clock.elapsed_s if clock else 0.0  # time spent before a resume
@@ -291,6 +295,8 @@ def _train(cfg: SFTConfig, env: DistEnv) -> Path:
                              f"the lr decays from here, the run ends at step {stop_step()}")
         if isinstance(schedule, WarmupHoldDecay):
             record["decay_start"] = schedule.decay_start
+            if cfg.export_before_decay and step == schedule.decay_start:
+                export(cfg, model, mcfg, run_dir, tokenizer, tokenizer_dir, env, log, name="pre_decay")
         last = step >= stop_step() or out_of_time
         log.metrics(record)
         if step % cfg.log_every == 0 or last or not stepped:
