@@ -147,8 +147,8 @@ def run_with_copy_losses(data_dir, run_dir, monkeypatch, copy_losses: dict, **se
 
     monkeypatch.setattr(sft, "held_out_loss", scripted)
     settings = {"export": False, **settings}
-    return run(data_dir, run_dir, max_steps=12, warmup_ratio=0.1, decay_steps=3, decay_when_copy_loss_below=0.5,
-               eval_files=[str(data_dir / "eval.jsonl")], eval_every=2, **settings)
+    return run(data_dir, run_dir, max_steps=12, warmup_ratio=0.1, decay_steps=3, decay_when_held_out_below=0.5,
+               decay_probe="eval_copy_loss", eval_files=[str(data_dir / "eval.jsonl")], eval_every=2, **settings)
 
 
 def test_a_low_held_out_copy_loss_starts_the_decay_and_ends_the_run_after_it(data_dir, tmp_path, monkeypatch):
@@ -191,7 +191,7 @@ def test_a_resumed_run_keeps_the_decay_decision(data_dir, tmp_path, monkeypatch)
 
 def test_decay_on_copy_loss_needs_its_probe(data_dir, tmp_path):
     with pytest.raises(run_config.RunConfigError, match="needs decay_steps, eval_files, eval_every"):
-        run(data_dir, tmp_path / "run", max_steps=10, decay_when_copy_loss_below=0.5)
+        run(data_dir, tmp_path / "run", max_steps=10, decay_when_held_out_below=0.5)
 
 
 def test_eval_limit_takes_the_first_conversations(data_dir, tmp_path):

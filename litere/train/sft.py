@@ -60,10 +60,12 @@ class SFTConfig(TrainerConfig):
     min_lr_ratio: float = 0.0  # the cosine ends at lr * min_lr_ratio
     # > 0: warmup, the peak lr held, then the cosine over the last decay_steps of the run (warmup-stable-decay)
     decay_steps: int = 0
-    # > 0 (with decay_steps, eval_files and eval_every): the decay starts as soon as the held-out copy loss (the
-    # loss of targets that only copying from the context predicts, logged as eval_copy_loss) is below this value,
-    # and the run ends decay_steps later; max_steps bounds the run (the decay then starts decay_steps before it)
-    decay_when_copy_loss_below: float = 0.0
+    # > 0 (with decay_steps, eval_files, eval_every and max_steps): the decay starts as soon as the held-out probe
+    # `decay_probe` is below this value, and the run ends decay_steps later; max_steps bounds the run (the decay then
+    # starts decay_steps before it). Probes: eval_loss (the supervised targets) or eval_copy_loss (the targets only
+    # copying from the context predicts: new names and numbers, see copy_targets)
+    decay_when_held_out_below: float = 0.0
+    decay_probe: str = "eval_loss"
     # with decay_steps: also export the model as it is when the decay starts, to run_dir/pre_decay (a branch point
     # for other continuations, e.g. reinforcement learning from a model that has not been annealed)
     export_before_decay: bool = False
@@ -71,18 +73,20 @@ class SFTConfig(TrainerConfig):
     def __post_init__(self):
         super().__post_init__()
         for key, allowed in {"overlong": ("truncate", "drop"), "bad_lines": ("fail", "skip"),
-                             "think_layout": ("normalize", "reject"), "batch_unit": ("sequences", "tokens")}.items():
+                             "think_layout": ("normalize", "reject"), "batch_unit": ("sequences", "tokens"),
+                             "decay_probe": ("eval_loss", "eval_copy_loss")}.items():
             check_choice(self, key, allowed)
         check_positive(self, "cutoff_len", "pack_tokens", "global_batch", "epochs")
-        check_non_negative(self, "max_steps", "eval_every", "eval_limit", "decay_steps", "decay_when_copy_loss_below")
-        if self.decay_when_copy_loss_below > 0:
+        check_non_negative(self, "max_steps", "eval_every", "eval_limit", "decay_steps",
+                           "decay_when_held_out_below")
+        if self.decay_when_held_out_below > 0:
             missing = [k for k, ok in (("decay_steps", self.decay_steps > 0), ("eval_files", bool(self.eval_files)),
                                        ("eval_every", self.eval_every > 0), ("max_steps", self.max_steps > 0)) if not ok]
             if missing:
                 raise run_config.RunConfigError(
-                    f"decay_when_copy_loss_below={self.decay_when_copy_loss_below} needs {', '.join(missing)} "
+                    f"decay_when_held_out_below={self.decay_when_held_out_below} needs {', '.join(missing)} "
                     "(the held-out probe that starts the decay, and the longest run)",
-                    key="decay_when_copy_loss_below")
+                    key="decay_when_held_out_below")
         if self.decay_steps > 0 and self.budget_minutes > 0:
             raise run_config.RunConfigError("decay_steps counts steps; it does not combine with budget_minutes",
                                             key="decay_steps")
@@ -242,9 +246,9 @@ def _train(cfg: SFTConfig, env: DistEnv) -> Path:
         return min(end, cfg.stop_after_steps) if cfg.stop_after_steps > 0 else end
     length = (f"{cfg.budget_minutes:g} minutes (at most {total_steps} steps)" if clock else f"{total_steps} steps")
     length += f" of {cfg.global_batch} {cfg.batch_unit}"
-    if cfg.decay_when_copy_loss_below > 0:
-        length += (f" at most, the lr decaying over {cfg.decay_steps} steps once the held-out copy loss is below "
-                   f"{cfg.decay_when_copy_loss_below:g}")
+    if cfg.decay_when_held_out_below > 0:
+        length += (f" at most, the lr decaying over {cfg.decay_steps} steps once the held-out {cfg.decay_probe} is "
+                   f"below {cfg.decay_when_held_out_below:g}")
     if cfg.stop_after_steps > 0:
         length += f", stopping after step {stop_step()}"
     log.info(f"model: {mcfg.num_parameters() / 1e6:.1f}M parameters, {env.world_size} process(es) on "
@@ -288,10 +292,11 @@ def _train(cfg: SFTConfig, env: DistEnv) -> Path:
             copy = record["eval_copy_loss"]
             log.info(f"step {step}: held-out loss {record['eval_loss']:.4f} (copy targets "
                      + (f"{copy:.4f}, {record['eval_copy_share']:.1%} of them)" if copy is not None else "none)"))
-            if copy is not None and copy < cfg.decay_when_copy_loss_below and schedule.decay_triggered_at is None:
+            probe = record[cfg.decay_probe]
+            if probe is not None and probe < cfg.decay_when_held_out_below and schedule.decay_triggered_at is None:
                 schedule.start_decay(step)
                 if schedule.decay_triggered_at is not None:
-                    log.info(f"step {step}: the held-out copy loss is below {cfg.decay_when_copy_loss_below:g}; "
+                    log.info(f"step {step}: the held-out {cfg.decay_probe} is below {cfg.decay_when_held_out_below:g}; "
                              f"the lr decays from here, the run ends at step {stop_step()}")
         if isinstance(schedule, WarmupHoldDecay):
             record["decay_start"] = schedule.decay_start
