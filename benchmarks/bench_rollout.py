@@ -1,229 +1,500 @@
-"""Rollout throughput: the agent's overlapped, continuously batched loop vs running each trajectory alone.
+"""Rollout throughput: the agent loop against the speed of its own decode step.
 
-Workload: the mini world's evaluation questions, Q questions x n = 8 samples (the GRPO shape; 4 x 8 = 32 trajectories
-in flight), the `tiny` preset (random weights, fp32, the world's BPE vocabulary) in the real sampler, the real
-embedded environment, the training system prompt. A random model never calls a tool, so the policy replays the
-teacher trajectories of the world: the real sampler decodes exactly as many tokens per turn as the teacher's turn
-has (stop tokens off), then the teacher's tokens stand in for the sampled ones. The sampler's work (prefill, decode,
-extend with the real tool responses) is therefore that of a policy that searches, visits and answers, and every
-trajectory ends with the teacher's (correct) answer through the real tools.
+Workload `demo` (the default): the demo's trained model (`--model`, default runs/bench_rl_demo/sft_final) on its
+held-out questions (`--questions` FILE, the first `--n-questions`), with the demo's evaluation settings
+(litere.demo.EVAL_AGENT: eval mode, 12 turns, 3,072-token contexts, the embedded page store, DEMO_SYSTEM_PROMPT),
+sampled two ways: greedy, one sample per question (the demo's evaluation), and with the RL settings (temperature 0.7,
+top_p 0.95, n = 8 samples per question, on the first `--rl-questions`).
 
-Modes, each at several tool latencies (the embedded store, ~ms; +150 ms per call, the paper's local services; +1.5 s,
-the low end of its online ones):
-  alone       one trajectory at a time, tools blocking (max_concurrent=1)
-  batched     all trajectories in the sampler, but decoding waits whenever a tool call is running
-  overlapped  the agent: tool calls run in the pool while the others keep decoding
-`alone` runs on the first `--alone` trajectories only (it is slow) and rates are compared per trajectory.
+Workload `synthetic` (for GPUs, benchmarks/gpu_check.sh): random weights of a preset's shape (`--shape`), every
+question a `--prompt-tokens` prompt, every turn exactly `--turn-tokens` sampled tokens that the tokenizer reads as a
+search call, every tool response `--tool-tokens` tokens, `--turns` turns per trajectory.
 
-    python benchmarks/bench_rollout.py [--quick] [--questions 4] [--n 8] [--alone 4] [--latencies 0,0.15,1.5]
-                                        [--repeats 3] [--threads 1] [--system-prompt FILE] [--compile default]
-Prints a table, then one JSON line.
+Configurations (`--configs`; each run is a process of its own, repeats interleaved):
+  demo      the demo's settings as it runs them: eager sampler, 64 trajectories in flight, tools in a thread pool
+  compiled  the compiled decode step, tools inline (no thread hand-off), 64 in flight
+  wide      as compiled, 256 in flight (the demo's cache of 64 x 3,072 tokens holds them at these lengths)
+  graphs    as compiled with CUDA graphs (compile="reduce-overhead"; CUDA only)
+`--baseline-src DIR` adds the `demo` configuration run with the litere (and kernels) found in DIR, e.g. a copy of
+another checkout, interleaved with the others.
+
+Per row: sampled tokens/s, trajectories/min and tool calls/s (wall clock), sampled tokens per CPU-second of the
+process (CPU time: on a shared machine the less noisy measure), and the bound: the decode step's own time at each
+batch size the run decoded with, times the number of steps it decoded with that batch (decode steps timed after
+the run, in a fresh sampler with the same settings, at the run's mean decode context); "x bound" = wall / bound.
+Greedy rows also say whether their trajectories are token-identical to the first greedy row's.
+
+`--profile` runs one greedy rollout of the first configuration and prints where its time goes (exclusive CPU time
+per part: model forwards by step kind, sampling, scheduling, tokenisation, tool calls, the loop itself); `--ops`
+adds torch.profiler's operator table.
+
+    python benchmarks/bench_rollout.py [--configs demo,compiled,wide] [--repeats 3] [--n-questions 300]
+        [--rl-questions 64] [--baseline-src DIR] [--profile [--ops]] [--threads 1] [--json FILE]
+    python benchmarks/bench_rollout.py --workload synthetic --shape qwen3-0.6b --device cuda --dtype bf16
 """
+from __future__ import annotations
+
 import argparse
 import dataclasses
+import hashlib
 import json
 import os
+import random
 import statistics
+import subprocess
 import sys
-import tempfile
+import threading
 import time
+from collections import Counter, defaultdict
 from pathlib import Path
 
-import torch
+REPO = Path(__file__).resolve().parents[1]
+DEMO = REPO / "runs" / "bench_rl_demo"
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from litere.agent import Agent, AgentConfig  # noqa: E402
-from litere.bpe import train_tokenizer  # noqa: E402
-from litere.config import ModelConfig  # noqa: E402
-from litere.env import open_env  # noqa: E402
-from litere.model import Qwen3  # noqa: E402
-from litere.questions import load_questions  # noqa: E402
-from litere.reward import ExactMatchJudge, score_trajectories  # noqa: E402
-from litere.sampler import Sampler, SamplingParams  # noqa: E402
-from litere.tokenizer import SYSTEM_PROMPT  # noqa: E402
-from litere.world import BuildConfig, build, training_texts  # noqa: E402
+CONFIGS = {
+    "demo": dict(compile=None, in_flight=64, tool_workers=16),
+    "compiled": dict(compile="default", in_flight=64, tool_workers=0),
+    "wide": dict(compile="default", in_flight=256, tool_workers=0),
+    "all": dict(compile="default", in_flight=512, tool_workers=0),
+    "graphs": dict(compile="reduce-overhead", in_flight=64, tool_workers=0),
+}
+SAMPLINGS = {"greedy": dict(temperature=0.0), "rl": dict(temperature=0.7, top_p=0.95)}
+SYNTHETIC_CALL = '<tool_call>{"name": "search", "arguments": {"query": ["synthetic"]}}</tool_call>'
 
 
-class ReplaySampler:
-    """The real sampler, with the teacher's tokens standing in for the sampled ones (same count per turn)."""
+# --- the synthetic workload -------------------------------------------------------------------------------------
+class SyntheticTokenizer:
+    """Prompts and tool responses of fixed lengths (ids drawn from a hash of their text); every turn reads as a
+    search call. Ids 0 and 1 are the stop tokens, which fixed-length turns never sample."""
+    im_end_id, endoftext_id = 0, 1
+    stop_token_ids = (0, 1)
 
-    def __init__(self, sampler: Sampler, scripts: dict[tuple, list[list[int]]]):
-        self.sampler, self.scripts = sampler, scripts
-        self.max_seq_len = sampler.max_seq_len
-        self._turn: dict[int, list] = {}  # request -> [script, turn index]
+    def __init__(self, vocab_size: int, prompt_tokens: int, tool_tokens: int):
+        self.vocab_size, self.prompt_tokens, self.tool_tokens = vocab_size, prompt_tokens, tool_tokens
 
-    @staticmethod
-    def _params(params, turn: list[int]):
-        return dataclasses.replace(params, max_new_tokens=min(params.max_new_tokens, len(turn)), stop_token_ids=())
+    def _ids(self, text: str, n: int) -> list[int]:
+        rng = random.Random(hashlib.sha256(text.encode()).digest())
+        return [rng.randrange(2, self.vocab_size) for _ in range(n)]
+
+    def encode(self, text: str) -> list[int]:
+        return self._ids(text, max(1, len(text) // 4))
+
+    def decode(self, ids) -> str:
+        return SYNTHETIC_CALL
+
+    def prompt_ids(self, question: str, system: str = "", user_prefix: str = "") -> list[int]:
+        return self._ids(question, self.prompt_tokens)
+
+    def tool_response_ids(self, text: str) -> list[int]:
+        return self._ids(text, self.tool_tokens)
+
+
+class SyntheticEnv:
+    def __init__(self, delay: float = 0.0):
+        self.delay, self._calls = delay, 0
+
+    def search(self, queries, mask_url=None):
+        time.sleep(self.delay)
+        self._calls += 1
+        return f"result {self._calls} for {queries}"
+
+    def visit(self, urls, goal):
+        return self.search(urls)
+
+
+class FixedTurns:
+    """The sampler with every turn exactly `tokens` long and closed (finish reason "stop"), as a policy whose
+    turns all end in a tool call would produce them."""
+
+    def __init__(self, sampler, tokens: int):
+        self.sampler, self.tokens, self.max_seq_len = sampler, tokens, sampler.max_seq_len
+
+    def _fixed(self, params):
+        return dataclasses.replace(params, max_new_tokens=self.tokens, stop_token_ids=())
 
     def add(self, prompt_ids, params, *, n=1, resumable=False):
-        script = self.scripts[tuple(prompt_ids)]
-        rids = self.sampler.add(prompt_ids, self._params(params, script[0]), n=n, resumable=resumable)
-        for rid in rids:
-            self._turn[rid] = [script, 0]
-        return rids
+        return self.sampler.add(prompt_ids, self._fixed(params), n=n, resumable=resumable)
+
+    def extend(self, request_id, token_ids, params=None):
+        self.sampler.extend(request_id, token_ids, params and self._fixed(params))
 
     def step(self):
         outputs = self.sampler.step()
         for out in outputs:
-            script, turn = self._turn[out.request_id]
-            out.token_ids = script[turn][:len(out.token_ids)]
-            if len(out.token_ids) == len(script[turn]):  # the teacher's turn is complete, <|im_end|> included
-                out.finish_reason = "stop"
+            out.finish_reason = "stop" if out.finish_reason == "length" else out.finish_reason
         return outputs
 
-    def extend(self, request_id, token_ids, params=None):
-        state = self._turn[request_id]
-        state[1] += 1
-        script, turn = state
-        self.sampler.extend(request_id, token_ids, self._params(params, script[min(turn, len(script) - 1)]))
-
     def release(self, request_id):
-        del self._turn[request_id]
         self.sampler.release(request_id)
 
     def has_work(self):
         return self.sampler.has_work()
 
 
-class SlowEnv:
-    """The embedded environment plus a fixed service latency per call."""
+# --- one run (in a worker process) ------------------------------------------------------------------------------
+class Setup:
+    """Model, tokenizer, environment, questions and the agent's settings of a workload."""
 
-    def __init__(self, env, delay: float):
-        self.env, self.delay = env, delay
+    def __init__(self, spec: dict):
+        import torch
 
-    def search(self, queries, mask_url=None):
-        time.sleep(self.delay)
-        return self.env.search(queries, mask_url=mask_url)
+        from litere.agent import AgentConfig
+        from litere.questions import Question
 
-    def visit(self, urls, goal):
-        time.sleep(self.delay)
-        return self.env.visit(urls, goal)
+        self.spec, self.device = spec, torch.device(spec["device"])
+        if spec["workload"] == "demo":
+            from litere.demo import DEMO_SYSTEM_PROMPT, EVAL_AGENT
+            from litere.questions import Environments, load_questions, world_env_settings
+            from litere.tokenizer import Tokenizer
+            from litere.weights import load_model
+
+            self.model = load_model(spec["model"], device=self.device).eval()
+            self.tokenizer = Tokenizer.from_dir(spec["model"])
+            self.env = Environments(None, **world_env_settings(spec["questions_file"]))
+            self.questions = load_questions(spec["questions_file"])
+            self.agent_settings = {**EVAL_AGENT, "system_prompt": DEMO_SYSTEM_PROMPT}
+            self.context = EVAL_AGENT["max_context_tokens"]
+        else:
+            from litere.config import ModelConfig
+            from litere.model import Qwen3
+
+            config = ModelConfig.preset(spec["shape"]).replace(torch_dtype="float32")
+            with torch.device(self.device):
+                self.model = Qwen3(config)
+            self.model.init_weights(std=0.02, generator=torch.Generator(self.device).manual_seed(0))
+            self.model = self.model.to(getattr(torch, spec["dtype"])).eval()
+            self.tokenizer = SyntheticTokenizer(config.vocab_size, spec["prompt_tokens"], spec["tool_tokens"])
+            self.env = SyntheticEnv(spec["tool_delay"])
+            self.questions = [Question(f"s{i:04d}", f"synthetic question {i}", ["x"], "synthetic")
+                              for i in range(spec["n_questions"])]
+            turns = spec["turns"]
+            self.context = spec["prompt_tokens"] + turns * (spec["turn_tokens"] + spec["tool_tokens"]) + 16
+            self.agent_settings = dict(mode="train", max_turns=turns, max_response_tokens=None,
+                                       max_context_tokens=self.context)
+        self.config = CONFIGS[spec["config"]]
+        self.agent_config = AgentConfig(**{**self.agent_settings, "max_concurrent": self.config["in_flight"],
+                                           "tool_workers": self.config["tool_workers"]})
+
+    def sampler(self):
+        """A sampler as the demo builds it (a cache of 64 contexts), with the configuration's settings."""
+        from litere.sampler import Sampler
+
+        kwargs = {"compile": self.config["compile"]} if self.config["compile"] else {}
+        sampler = Sampler(self.model, max_cache_tokens=64 * self.context, max_num_seqs=self.config["in_flight"],
+                          stop_token_ids=self.tokenizer.stop_token_ids, seed=0, **kwargs)
+        if self.spec["workload"] == "synthetic":
+            return FixedTurns(sampler, self.spec["turn_tokens"])
+        return sampler
+
+    def params(self):
+        from litere.sampler import SamplingParams
+
+        return SamplingParams(**SAMPLINGS[self.spec["sampling"]], seed=0, stop_token_ids=self.tokenizer.stop_token_ids)
+
+    def agent(self, sampler):
+        from litere.agent import Agent
+
+        return Agent(sampler, self.tokenizer, self.env, self.params(), self.agent_config)
 
 
-MODES = ("alone", "batched", "overlapped")
+class DecodeLog:
+    """Per step of a run: how many sequences computed one token, and their context lengths (wraps the scheduler)."""
+
+    def __init__(self, scheduler):
+        self.batches: Counter = Counter()
+        self.context_tokens = self.decode_rows = 0
+        schedule = scheduler.schedule
+
+        def logged():
+            batch = schedule()
+            single = [seq.num_cached + 1 for seq, n in batch if n == 1]
+            if single:
+                self.batches[len(single)] += 1
+                self.decode_rows += len(single)
+                self.context_tokens += sum(single)
+            return batch
+
+        scheduler.schedule = logged
+
+    @property
+    def mean_context(self) -> int:
+        return round(self.context_tokens / max(1, self.decode_rows))
 
 
-class BlockingAgent(Agent):
-    """Decoding stops while any tool call runs (no overlap between tools and the sampler)."""
+def decode_step_seconds(setup: Setup, batch: int, context: int, steps: int = 8) -> float:
+    """Median wall time of a step in which `batch` sequences of `context` tokens each decode one token."""
+    from litere.sampler import SamplingParams
 
-    def _collect_tools(self, block):
-        while self._tools:
-            super()._collect_tools(block=True)
-
-
-def prepare(work: Path, n_questions: int, system: str):
-    build(BuildConfig(seed=0, worlds=1, trajectories=20, eval_questions=max(8, n_questions), workers=1), work,
-          log=None)
-    tokenizer = train_tokenizer(training_texts(work), 1024)
-    questions = load_questions(work / "eval_questions.jsonl")[:n_questions]
-    rows = {json.loads(line)["id"]: json.loads(line) for line in (work / "eval_sft.jsonl").read_text().splitlines()}
-    scripts = {}
-    for q in questions:
-        turns = [m["content"].removeprefix("<think>\n") for m in rows[q.id]["messages"] if m["role"] == "assistant"]
-        scripts[tuple(tokenizer.prompt_ids(q.question, system))] = [tokenizer.encode(t) + [tokenizer.im_end_id]
-                                                            for t in turns]
-    torch.manual_seed(0)
-    model = Qwen3(ModelConfig.preset("tiny").replace(vocab_size=tokenizer.vocab_size)).eval()
-    model.init_weights()
-    return tokenizer, questions, scripts, model, open_env(work / "eval.db")
+    sampler = setup.sampler()
+    sampler = getattr(sampler, "sampler", sampler)
+    params = SamplingParams(temperature=0.0, max_new_tokens=steps + 8, stop_token_ids=())
+    rng = random.Random(batch)
+    vocab = setup.model.config.vocab_size
+    for _ in range(batch):
+        sampler.add([rng.randrange(2, vocab) for _ in range(context)], params)
+    while sampler.scheduler.waiting or any(len(s.tokens) - s.num_cached > 1 for s in sampler.scheduler.running):
+        sampler.step()
+    for _ in range(2):
+        sampler.step()
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        sampler.step()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
-def run_mode(mode, model, tokenizer, scripts, env, questions, n, cache_tokens, system, compile=None):
-    sampler = ReplaySampler(Sampler(model, max_cache_tokens=cache_tokens, seed=0, compile=compile), scripts)
-    config = AgentConfig(max_turns=40, max_response_tokens=8192, max_concurrent=1 if mode == "alone" else None,
-                         system_prompt=system)
-    cls = BlockingAgent if mode == "batched" else Agent
-    agent = cls(sampler, tokenizer, env, SamplingParams(temperature=1.0), config)
+def decode_bound(setup: Setup, log: DecodeLog) -> dict:
+    """The decode steps' own time for the run's steps: measured at powers of two up to the largest batch,
+    interpolated between them, summed over the steps."""
+    largest = max(log.batches)
+    sizes = sorted({*(1 << i for i in range(largest.bit_length())), largest})
+    context = min(log.mean_context, setup.context - 16)
+    measured = {b: decode_step_seconds(setup, b, context) for b in sizes}
+
+    def at(b):
+        lower = max(s for s in sizes if s <= b)
+        upper = min(s for s in sizes if s >= b)
+        if upper == lower:
+            return measured[b]
+        return measured[lower] + (measured[upper] - measured[lower]) * (b - lower) / (upper - lower)
+
+    return {"bound_s": sum(at(b) * steps for b, steps in log.batches.items()), "decode_context": context,
+            "decode_step_ms": {b: 1e3 * t for b, t in measured.items()}}
+
+
+def run_worker(spec: dict) -> dict:
+    if spec.get("src"):
+        sys.path.insert(0, spec["src"])
+    import torch
+
+    if spec["threads"]:
+        torch.set_num_threads(spec["threads"])
+    setup = Setup(spec)
+    n_questions = spec["n_questions"] if spec["sampling"] == "greedy" else spec["rl_questions"]
+    n = 1 if spec["sampling"] == "greedy" else 8
+    questions = setup.questions[:n_questions]
+    compile_s = 0.0
+    if setup.config["compile"]:  # the graphs are compiled in a warm-up run, outside the timed one
+        start = time.perf_counter()
+        setup.agent(setup.sampler()).run(setup.questions[-4:], n=n)
+        compile_s = time.perf_counter() - start
+    sampler = setup.sampler()
+    agent = setup.agent(sampler)
+    log = DecodeLog(getattr(sampler, "sampler", sampler).scheduler)
+    profiler = Profiler(agent, spec.get("ops", False)) if spec.get("profile") else None
     start, cpu_start = time.perf_counter(), time.process_time()
     trajectories = agent.run(questions, n=n)
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
-    score_trajectories(trajectories, ExactMatchJudge())
-    calls = [c for t in trajectories for c in t.tool_calls]
-    return {"mode": mode, "trajectories": len(trajectories), "wall_s": wall,
-            "traj_per_min": 60 * len(trajectories) / wall, "cpu_s_per_traj": cpu / len(trajectories),
-            "sampled_tok_s": sum(t.sampled_tokens for t in trajectories) / wall,
-            "all_tok_s": sum(len(t.response_ids) for t in trajectories) / wall,
-            "tool_calls_s": len(calls) / wall,
-            "tool_latency_ms": 1e3 * statistics.mean(c.latency_s for c in calls) if calls else 0.0,
-            "answered_correctly": sum(t.reward for t in trajectories) / len(trajectories),
-            "terminations": sorted({t.termination for t in trajectories})}
+    sampled = sum(t.sampled_tokens for t in trajectories)
+    calls = sum(len(t.tool_calls) for t in trajectories)
+    digest = hashlib.sha256(json.dumps([t.response_ids for t in trajectories]).encode()).hexdigest()[:16]
+    result = {"config": spec["config"], "sampling": spec["sampling"], "src": spec.get("src"),
+              "trajectories": len(trajectories), "wall_s": wall, "cpu_s": cpu, "compile_s": compile_s,
+              "sampled_tokens": sampled, "forced_tokens": sum(t.tool_tokens for t in trajectories),
+              "tool_calls": calls, "sampled_tok_s": sampled / wall, "traj_per_min": 60 * len(trajectories) / wall,
+              "tool_calls_s": calls / wall, "sampled_tok_per_cpu_s": sampled / cpu, "steps": sum(log.batches.values()),
+              "mean_decode_batch": log.decode_rows / max(1, sum(log.batches.values())),
+              "trajectories_sha": digest,
+              "answered": sum(t.termination == "answer" for t in trajectories) / len(trajectories)}
+    if profiler:
+        result["profile"] = profiler.report(wall)
+    if spec.get("bound"):
+        result.update(decode_bound(setup, log))
+        result["x_bound"] = wall / result["bound_s"]
+    return result
+
+
+# --- the profile ------------------------------------------------------------------------------------------------
+class Profiler:
+    """Exclusive CPU and wall time of the parts of a rollout: each wrapped call's time minus that of the wrapped
+    calls inside it, per thread (tool calls may run in the pool's threads)."""
+
+    def __init__(self, agent, ops: bool):
+        import litere.agent.loop as loop
+
+        self.cpu, self.wall, self.calls = defaultdict(float), defaultdict(float), Counter()
+        self._stack = threading.local()
+        sampler = getattr(agent.sampler, "sampler", agent.sampler)
+        self._wrap(agent, "run", "agent loop (the rest)")
+        self._wrap(agent, "_on_output", "agent: turn handling")
+        self._wrap(agent, "_collect_tools", "agent: tool pool hand-off")
+        self._wrap(sampler, "step", "sampler: step bookkeeping")
+        self._wrap(sampler, "_forward", self._step_kind)
+        self._wrap(sampler, "_sample", "sampler: sampling")
+        self._wrap(sampler, "add", "sampler: add/extend")
+        self._wrap(sampler, "extend", "sampler: add/extend")
+        self._wrap(sampler.scheduler, "schedule", "sampler: scheduling")
+        self._wrap(agent.tokenizer, "decode", "detokenisation")
+        self._wrap(agent.tokenizer, "tool_response_ids", "tokenisation")
+        self._wrap(agent.tokenizer, "prompt_ids", "tokenisation")
+        self._wrap(loop, "parse_tool_call", "tool calls: parsing")
+        self._wrap(loop, "execute_tool", "tool calls: the store")
+        self.ops = None
+        if ops:
+            import torch
+
+            self.ops = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU])
+            self.ops.__enter__()
+
+    @staticmethod
+    def _step_kind(batch) -> str:
+        single = sum(n == 1 for _, n in batch)
+        kind = "decode" if single == len(batch) else "prefill" if not single else "mixed"
+        return f"model: {kind} steps"
+
+    def _wrap(self, owner, name: str, label):
+        inner = getattr(owner, name)
+
+        def timed(*args, **kwargs):
+            stack = self._stack.__dict__.setdefault("frames", [])
+            stack.append([0.0, 0.0])  # time of the wrapped calls inside this one
+            cpu, wall = time.thread_time(), time.perf_counter()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                cpu, wall = time.thread_time() - cpu, time.perf_counter() - wall
+                inside_cpu, inside_wall = stack.pop()
+                key = label(args[0]) if callable(label) else label
+                self.cpu[key] += cpu - inside_cpu
+                self.wall[key] += wall - inside_wall
+                self.calls[key] += 1
+                if stack:
+                    stack[-1][0] += cpu
+                    stack[-1][1] += wall
+
+        setattr(owner, name, timed)
+
+    def report(self, wall: float) -> dict:
+        if self.ops is not None:
+            self.ops.__exit__(None, None, None)
+            print(self.ops.key_averages().table(sort_by="self_cpu_time_total", row_limit=25), file=sys.stderr)
+        return {"wall_s": wall, "parts": {k: {"cpu_s": self.cpu[k], "wall_s": self.wall[k], "calls": self.calls[k]}
+                                          for k in sorted(self.cpu, key=self.cpu.get, reverse=True)}}
+
+
+# --- the parent: runs, tables -----------------------------------------------------------------------------------
+def spawn(spec: dict) -> dict:
+    """One run in a fresh process; its last stdout line is the result."""
+    done = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], stdout=subprocess.PIPE,
+                          text=True, cwd=REPO)
+    if done.returncode:
+        raise SystemExit(f"run {spec['config']}/{spec['sampling']} failed (exit {done.returncode})")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def median_run(runs: list[dict]) -> dict:
+    row = dict(sorted(runs, key=lambda r: r["sampled_tok_s"])[len(runs) // 2])
+    row["repeats"] = len(runs)
+    for key in ("sampled_tok_per_cpu_s", "x_bound"):
+        if all(key in r for r in runs):
+            row[key] = statistics.median(r[key] for r in runs)
+    return row
+
+
+def print_table(rows: list[dict], title: str):
+    print(f"\n{title}")
+    print("| sampling | configuration | trajectories | wall s | sampled tok/s | traj/min | tool calls/s | "
+          "tok per CPU-s | vs first | decode batch | bound s | x bound | compile s | same tokens |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+    firsts = {}
+    for r in rows:
+        first = firsts.setdefault(r["sampling"], r)
+        same = "" if r["sampling"] != "greedy" else "yes" if r["trajectories_sha"] == first["trajectories_sha"] else "NO"
+        bound = f"{r['bound_s']:.1f} | {r['x_bound']:.2f}" if "bound_s" in r else "- | -"
+        name = r["config"] + (" (baseline src)" if r.get("src") else "")
+        print(f"| {r['sampling']} | {name} | {r['trajectories']} | {r['wall_s']:.1f} | {r['sampled_tok_s']:.0f} | "
+              f"{r['traj_per_min']:.0f} | {r['tool_calls_s']:.1f} | {r['sampled_tok_per_cpu_s']:.0f} | "
+              f"{r['sampled_tok_s'] / first['sampled_tok_s']:.2f}x | {r['mean_decode_batch']:.1f} | {bound} | "
+              f"{r['compile_s']:.0f} | {same} |")
+
+
+def print_profile(result: dict):
+    parts = result["profile"]["parts"]
+    total = sum(p["cpu_s"] for p in parts.values())
+    print(f"\nWhere the time of one rollout goes ({result['config']}, {result['trajectories']} trajectories, "
+          f"{result['wall_s']:.1f} s wall, {total:.1f} s CPU in the parts below; exclusive times)")
+    print("| part | CPU s | share | wall s | calls | CPU ms per call |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, p in parts.items():
+        print(f"| {name} | {p['cpu_s']:.2f} | {100 * p['cpu_s'] / total:.1f}% | {p['wall_s']:.2f} | {p['calls']} | "
+              f"{1e3 * p['cpu_s'] / max(1, p['calls']):.3f} |")
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="2 questions x 4 samples, 2 alone, latency 0.15 only")
-    parser.add_argument("--questions", type=int, default=4)
-    parser.add_argument("--n", type=int, default=8, help="samples per question")
-    parser.add_argument("--alone", type=int, default=4, help="trajectories run alone (the slow baseline)")
-    parser.add_argument("--latencies", default="0,0.15,1.5",
-                        help="extra seconds per tool call, comma-separated (0.15: the paper's local services; "
-                             "1.5: the low end of its online ones)")
-    parser.add_argument("--repeats", type=int, default=1, help="runs per mode (the median is reported)")
-    parser.add_argument("--cache-tokens", type=int, default=131072)
-    parser.add_argument("--system-prompt", metavar="FILE", help="system prompt text (default: the training one)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch intra-op threads (a tiny model gains nothing from more; 0: torch's default)")
-    parser.add_argument("--compile", choices=("default",), help="the sampler's compiled decode step (compiled once, "
-                        "before the timed runs)")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--workload", choices=("demo", "synthetic"), default="demo")
+    parser.add_argument("--configs", default="demo,compiled,wide", help=f"comma-separated, of {', '.join(CONFIGS)}")
+    parser.add_argument("--samplings", default="greedy,rl", help="greedy and/or rl (temperature 0.7, n = 8)")
+    parser.add_argument("--baseline-src", help="also run the demo configuration with the code in this directory")
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--n-questions", type=int, default=300, help="greedy: questions (one sample each)")
+    parser.add_argument("--rl-questions", type=int, default=64, help="rl: questions (8 samples each)")
+    parser.add_argument("--no-bound", action="store_true", help="skip timing the decode steps for the bound")
+    parser.add_argument("--profile", action="store_true", help="only the profile of one greedy rollout")
+    parser.add_argument("--ops", action="store_true", help="with --profile: torch.profiler's operator table")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
+    parser.add_argument("--model", default=str(DEMO / "sft_final"))
+    parser.add_argument("--questions", default=str(DEMO / "world" / "eval_questions.jsonl"))
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", help="synthetic: the weights' dtype (bfloat16 on GPUs)")
+    parser.add_argument("--shape", default="tiny", help="synthetic: the model preset")
+    parser.add_argument("--prompt-tokens", type=int, default=512)
+    parser.add_argument("--turn-tokens", type=int, default=128)
+    parser.add_argument("--tool-tokens", type=int, default=256)
+    parser.add_argument("--turns", type=int, default=4)
+    parser.add_argument("--tool-delay", type=float, default=0.0, help="synthetic: seconds per tool call")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args(argv)
-    if args.quick:
-        args.questions, args.n, args.alone, args.latencies = 2, 4, 2, "0.15"
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    latencies = [float(x) for x in args.latencies.split(",")]
-    system = Path(args.system_prompt).read_text() if args.system_prompt else SYSTEM_PROMPT
+    if args.worker:
+        print(json.dumps(run_worker(json.loads(args.worker))))
+        return
+    if args.dtype in ("bf16", "fp32"):
+        args.dtype = {"bf16": "bfloat16", "fp32": "float32"}[args.dtype]
+    base = {"workload": args.workload, "device": args.device, "threads": args.threads, "model": args.model,
+            "questions_file": args.questions, "n_questions": args.n_questions, "rl_questions": args.rl_questions,
+            "dtype": args.dtype, "shape": args.shape, "prompt_tokens": args.prompt_tokens,
+            "turn_tokens": args.turn_tokens, "tool_tokens": args.tool_tokens, "turns": args.turns,
+            "tool_delay": args.tool_delay, "bound": not args.no_bound}
+    configs = args.configs.split(",")
+    load_before = os.getloadavg()
+    if args.profile:
+        result = spawn({**base, "config": configs[0], "sampling": "greedy", "profile": True, "ops": args.ops,
+                        "bound": False, "src": args.baseline_src})
+        print_profile(result)
+        print(json.dumps(result))
+        return
+    plan = [(sampling, config, None) for sampling in args.samplings.split(",") for config in configs]
+    if args.baseline_src:
+        plan = [(s, "demo", args.baseline_src) for s in args.samplings.split(",")] + plan
+    runs = defaultdict(list)
+    for repeat in range(args.repeats):
+        for sampling, config, src in plan:
+            result = spawn({**base, "config": config, "sampling": sampling, "src": src})
+            runs[(sampling, config, src)].append(result)
+            print(f"  [{repeat + 1}/{args.repeats}] {sampling} {config}{' (baseline src)' if src else ''}: "
+                  f"{result['sampled_tok_s']:.0f} sampled tok/s, {result['wall_s']:.1f} s, "
+                  f"{result['cpu_s']:.1f} CPU s, load {os.getloadavg()[0]:.1f}", file=sys.stderr, flush=True)
+    rows = [median_run(runs[key]) for key in plan]
+    load_after = os.getloadavg()
+    import torch
 
-    with tempfile.TemporaryDirectory() as tmp:
-        tokenizer, questions, scripts, model, env = prepare(Path(tmp), args.questions, system)
-        prompt_tokens = statistics.mean(len(k) for k in scripts)
-        sampled = statistics.mean(sum(len(t) for t in s) for s in scripts.values())
-        if args.compile:  # compile outside the timed runs
-            run_mode("overlapped", model, tokenizer, scripts, env, questions[:2], 2, args.cache_tokens, system,
-                     args.compile)
-        load_before = os.getloadavg()[0]
-        runs: dict[tuple, list[dict]] = {(delay, mode): [] for delay in latencies for mode in MODES}
-        for repeat in range(args.repeats):  # interleaved, so that drifting contention hits every mode alike
-            for delay, mode in runs:
-                tool_env = SlowEnv(env, delay) if delay else env
-                qs, n = (questions[:args.alone], 1) if mode == "alone" else (questions, args.n)
-                run = run_mode(mode, model, tokenizer, scripts, tool_env, qs, n, args.cache_tokens, system,
-                               args.compile)
-                runs[(delay, mode)].append(run)
-                print(f"  [{repeat + 1}/{args.repeats}] {mode:10s} delay {delay:.2f}s: {run['traj_per_min']:.1f} "
-                      f"traj/min ({run['wall_s']:.1f}s)", file=sys.stderr, flush=True)
-        rows = [{"tool_delay_s": delay, **sorted(r, key=lambda x: x["traj_per_min"])[len(r) // 2]}
-                for (delay, _), r in runs.items()]
-        load_after = os.getloadavg()[0]
-
-    for row in rows:
-        alone = next(r for r in rows if r["tool_delay_s"] == row["tool_delay_s"] and r["mode"] == "alone")
-        row["speedup_vs_alone"] = row["traj_per_min"] / alone["traj_per_min"]
-    cpu = (f"{os.cpu_count()} CPU cores, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-           f"{'compiled' if args.compile else 'eager'} decode step")
-    print(f"\nRollout throughput, tiny preset (fp32, random weights, vocab {tokenizer.vocab_size}), mini world, "
-          f"{args.questions} questions x {args.n} samples in flight; prompt {prompt_tokens:.0f} tokens, "
-          f"{sampled:.0f} sampled tokens per trajectory; {cpu}; load average {load_before:.1f} -> {load_after:.1f}")
-    print(f"median of {args.repeats} interleaved run(s) per row")
-    print("| tool delay | mode | trajectories | wall s | traj/min | sampled tok/s | all tok/s | tool calls/s | "
-          "tool ms | CPU s/traj | speedup vs alone |")
-    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for r in rows:
-        print(f"| {1e3 * r['tool_delay_s']:.0f} ms | {r['mode']} | {r['trajectories']} | {r['wall_s']:.1f} | "
-              f"{r['traj_per_min']:.1f} | {r['sampled_tok_s']:.0f} | {r['all_tok_s']:.0f} | {r['tool_calls_s']:.1f} | "
-              f"{r['tool_latency_ms']:.1f} | {r['cpu_s_per_traj']:.2f} | {r['speedup_vs_alone']:.1f}x |")
-    result = {"benchmark": "rollout", "machine": cpu, "load_average": [load_before, load_after],
-              "repeats": args.repeats, "questions": args.questions, "n": args.n, "alone": args.alone, "prompt_tokens": prompt_tokens,
-              "sampled_tokens_per_trajectory": sampled, "rows": rows,
-              "overlapped_speedup": {str(r["tool_delay_s"]): r["speedup_vs_alone"] for r in rows
-                                     if r["mode"] == "overlapped"},
-              "goal_speedup": 4.0}
+    machine = (f"{os.cpu_count()} CPU cores, torch {torch.__version__}, {args.threads or 'default'} thread(s), "
+               f"device {args.device}, load average {load_before[0]:.1f} -> {load_after[0]:.1f}")
+    what = (f"demo model, {args.n_questions} held-out questions greedy / {args.rl_questions} x 8 RL samples"
+            if args.workload == "demo" else
+            f"synthetic {args.shape} {args.dtype}, {args.n_questions} questions greedy / {args.rl_questions} x 8 RL, "
+            f"{args.prompt_tokens}-token prompts, {args.turns} turns of {args.turn_tokens} tokens, "
+            f"{args.tool_tokens}-token tool responses")
+    print_table(rows, f"Rollouts: {what}; {machine}; median of {args.repeats} interleaved run(s)")
+    result = {"benchmark": "rollout", "workload": args.workload, "machine": machine,
+              "load_average": [load_before[0], load_after[0]], "args": vars(args), "rows": rows}
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result))
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, str(REPO))
     main()

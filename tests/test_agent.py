@@ -519,8 +519,8 @@ def test_inline_tools_give_the_same_trajectories_as_threaded_ones(tok):
         threads = set()
         search = env.search
         env.search = lambda queries, mask_url=None: threads.add(threading.current_thread()) or search(queries, mask_url)
-        trajs, _, _ = run(tok, scripted(turns), AgentConfig(tool_workers=workers), env=env, questions=questions, n=2,
-                          params=Params(seed=7))
+        trajs, _, _ = run(tok, scripted(turns), AgentConfig(tool_workers=workers, inline_tool_seconds=0), env=env,
+                          questions=questions, n=2, params=Params(seed=7))
         for t in trajs:
             t.elapsed_s = 0.0
             for c in t.tool_calls:
@@ -534,3 +534,19 @@ def test_inline_tools_give_the_same_trajectories_as_threaded_ones(tok):
     assert inline == threaded and all(t.termination == "answer" and len(t.tool_calls) == 2 for t in inline)
     with pytest.raises(ValueError, match="tool_workers"):
         AgentConfig(tool_workers=-1)
+
+
+@pytest.mark.parametrize("delay, pooled_calls", [(0.0, 4), (0.1, 12)])
+def test_tools_faster_than_a_thread_hand_off_run_inline(tok, delay, pooled_calls):
+    """A tool's calls go to the pool until one has been timed; while they take under inline_tool_seconds on
+    average, the next ones run in the loop's own thread. Slower tools stay in the pool. Two trajectories at a time:
+    the first pair's searches and visits (issued in the same step) go to the pool, the later ones inline."""
+    questions = [Question(f"q{i}", f"Who founded Ixo {i}?", ["Bo Lin"]) for i in range(3)]
+    turns = [SEARCH, think("b") + call("visit", url="w/ixo", goal="founder"), ANSWER]
+    env, threads = FakeEnv(delay), []
+    enter = env._enter
+    env._enter = lambda call: threads.append(threading.current_thread()) or enter(call)
+    config = AgentConfig(max_concurrent=2, inline_tool_seconds=0.05)
+    trajs, _, _ = run(tok, scripted(turns), config, env=env, questions=questions, n=2)
+    assert all(t.termination == "answer" and len(t.tool_calls) == 2 for t in trajs)
+    assert sum(thread is not threading.main_thread() for thread in threads) == pooled_calls

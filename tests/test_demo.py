@@ -1,15 +1,20 @@
 """The main job end to end on a small world with a few training steps of a smaller model (a smoke test: the
-accuracy of so short a run is not checked, the pipeline and its reports are)."""
+accuracy of so short a run is not checked, the pipeline and its reports are): world -> data -> tokenizer -> SFT ->
+evaluation -> curriculum filter -> RL -> evaluation, each stage reused when done and the RL run resumed when
+stopped or killed."""
 import json
 
 import pytest
 
 from litere import demo
 from litere.agent import read_trajectories
+from litere.rl import loop
 from litere.tokenizer import Tokenizer
 
 FAST = ["max_steps=3", "global_batch=2048", "pack_tokens=2048", "arch.num_hidden_layers=1",
         "arch.hidden_size=64", "arch.intermediate_size=128", "arch.head_dim=16", "threads=1"]
+SIZES = ["--held-out-questions", "4", "--training-questions", "3"]
+TYPES = {"direct", "2-hop", "3-hop", "all"}
 
 
 def run_demo(out, capsys, *args) -> str:
@@ -17,34 +22,72 @@ def run_demo(out, capsys, *args) -> str:
     return capsys.readouterr().out
 
 
+def rl_steps(run_dir) -> list[int]:
+    return [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
 @pytest.fixture(scope="module")
 def first_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "run"
-    assert demo.main(["--quick", "--out", str(out), "--held-out-questions", "4", "--training-questions", "3",
-                      *FAST]) == 0
+    assert demo.main(["--quick", "--out", str(out), *SIZES, *FAST]) == 0
     return out
 
 
-def test_the_demo_trains_evaluates_and_reports(first_run):
+def test_the_demo_trains_evaluates_before_and_after_rl_and_reports(first_run):
     out = first_run
     report = json.loads((out / "report.json").read_text())
     for split, questions in (("held_out", 4), ("training_questions", 3)):
-        figures = report[split]
-        assert figures["accuracy"]["all"]["questions"] == questions
-        assert set(figures["accuracy"]) <= {"direct", "2-hop", "3-hop", "all"}
-        assert 0.0 <= figures["well_formed"] <= 1.0
-        assert sum(figures["termination"].values()) == questions
-        assert figures["tool_calls_per_trajectory"] >= 0
+        for name in (split, f"rl_{split}"):
+            figures = report[name]
+            assert figures["accuracy"]["all"]["questions"] == questions
+            assert set(figures["accuracy"]) == TYPES  # an equal share of each type, 3-hop included
+            assert 0.0 <= figures["well_formed"] <= 1.0
+            assert sum(figures["termination"].values()) == questions
+            assert figures["tool_calls_per_trajectory"] >= 0
+        # "RL start": the SFT export RL starts from when it is not the final one (Profile.rl_start)
+        assert set(report["accuracy"][split]) - {"RL start"} == {"after SFT", "after RL"}
+        assert set(report["accuracy"][split]["after RL"]) == TYPES
     assert report["training"]["steps"] == 3 and report["training"]["tokens"] > 0
-    assert set(report["seconds"]) == {"world", "data", "tokenizer", "sft", "eval_held_out", "eval_training", "total"}
+    assert set(report["seconds"]) - {"eval_start_held_out"} == {
+        "world", "data", "tokenizer", "sft", "eval_held_out", "eval_training", "filter", "rl", "eval_rl_held_out",
+        "eval_rl_training", "total"}
+    # the filter: 2 questions of each type (the quick profile keeps them all); RL: 2 balanced steps
+    assert report["filter"]["sampled_by_type"] == report["filter"]["kept_by_type"] == {"direct": 2, "2-hop": 2,
+                                                                                       "3-hop": 2}
+    rl = report["rl"]
+    assert rl["steps"] == 2 and rl["balance_sources"] and len(rl["reward"]["per_step"]) == 2
+    assert set(rl["probe"]["per_step"]) == {"0", "1", "2"} and set(rl["probe"]["per_step"]["2"]) == TYPES
+    for key in ("response_tokens", "tool_calls"):
+        assert rl[key]["first"] >= 0 and rl[key]["last"] >= 0
+    # on-policy: weights 1, nothing vetoed (None: no step trained a sequence, e.g. every group all wrong and
+    # drop_zero_variance on)
+    assert rl["tis_weight_mean"] in (None, pytest.approx(1.0, abs=1e-3)) and rl["veto_fraction"] in (None, 0.0)
+    assert 0 < rl["generation_share"] < 1
     text = (out / "report.md").read_text()
-    assert "held-out world (unseen names)" in text and "well-formed trajectories" in text
+    for phrase in ("held-out world (unseen names), after SFT", "held-out, after RL", "well-formed trajectories",
+                   "Curriculum filter", "RL: 2 steps", "Greedy held-out probe", "| 3-hop |"):
+        assert phrase in text
+    assert (out / "report.html").is_file()
+    assert {p.name for p in (out / "plots").iterdir()} == {"sft.png", "rl.png", "rl_behaviour.png", "accuracy.png"}
 
     checkpoint = out / "sft" / "final"
     assert (checkpoint / "config.json").is_file() and (checkpoint / "tokenizer.json").is_file()
-    assert report["checkpoint"] == str(checkpoint)
+    assert report["checkpoint"] == str(checkpoint) and report["rl_checkpoint"] == str(out / "rl" / "final")
+    assert (out / "rl" / "final" / "config.json").is_file()
     tokenizer = Tokenizer.from_dir(checkpoint)
     assert tokenizer.vocab_size == 800
+
+
+def test_sft_sees_no_3hop_teacher_trajectory_while_rl_and_evaluation_get_3hop_questions(first_run):
+    for name in ("train.jsonl", "eval.jsonl"):
+        sources = {json.loads(line)["data_source"] for line in (first_run / "data" / name).open()}
+        assert sources == {"world-direct", "world-2hop"}
+    world = {json.loads(line)["data_source"] for line in (first_run / "world" / "train_sft.jsonl").open()}
+    assert "world-3hop" in world  # the world makes them; the data stage leaves them out
+    kept = [json.loads(line) for line in (first_run / "filter" / "kept.jsonl").open()]
+    assert {q["data_source"] for q in kept} == {"world-direct", "world-2hop", "world-3hop"}
+    held = read_trajectories(first_run / "eval-rl" / "held_out" / "trajectories.jsonl")
+    assert "world-3hop" in {t.data_source for t in held}
 
 
 def test_training_and_evaluation_use_the_demo_system_prompt(first_run):
@@ -52,23 +95,76 @@ def test_training_and_evaluation_use_the_demo_system_prompt(first_run):
     assert first["messages"][0] == {"role": "system", "content": demo.DEMO_SYSTEM_PROMPT}
     assert sum(m["role"] == "system" for m in first["messages"]) == 1
     tokenizer = Tokenizer.from_dir(first_run / "sft" / "final")
-    for split in ("held_out", "training"):
-        trajectories = read_trajectories(first_run / "eval" / split / "trajectories.jsonl")
-        assert all(demo.DEMO_SYSTEM_PROMPT in tokenizer.decode(t.prompt_ids) for t in trajectories)
+    for evals in ("eval", "eval-rl"):
+        for split in ("held_out", "training"):
+            trajectories = read_trajectories(first_run / evals / split / "trajectories.jsonl")
+            assert all(demo.DEMO_SYSTEM_PROMPT in tokenizer.decode(t.prompt_ids) for t in trajectories)
 
 
 def test_the_training_sample_comes_from_training_worlds_and_the_held_out_from_the_evaluation_world(first_run):
-    held = read_trajectories(first_run / "eval" / "held_out" / "trajectories.jsonl")
-    seen = read_trajectories(first_run / "eval" / "training" / "trajectories.jsonl")
-    assert all(t.question_id.startswith("eval-") for t in held)
-    assert all(t.question_id.startswith("w") for t in seen)
+    for evals in ("eval", "eval-rl"):
+        held = read_trajectories(first_run / evals / "held_out" / "trajectories.jsonl")
+        seen = read_trajectories(first_run / evals / "training" / "trajectories.jsonl")
+        assert all(t.question_id.startswith("eval-") for t in held)
+        assert all(t.question_id.startswith("w") for t in seen)
+    # the same questions before and after RL
+    for split in ("held_out", "training"):
+        before = read_trajectories(first_run / "eval" / split / "trajectories.jsonl")
+        after = read_trajectories(first_run / "eval-rl" / split / "trajectories.jsonl")
+        assert [t.question_id for t in before] == [t.question_id for t in after]
 
 
 def test_a_second_run_reuses_every_finished_stage(first_run, capsys):
-    log = run_demo(first_run, capsys, "--held-out-questions", "4", "--training-questions", "3", *FAST)
+    model = first_run / "rl" / "final" / "model.safetensors"
+    mtime = model.stat().st_mtime_ns
+    log = run_demo(first_run, capsys, *SIZES, *FAST)
     for stage in ("world: reusing", "tokenizer: reusing", "SFT: reusing the finished run",
-                  "eval (held_out): reusing", "eval (training): reusing"):
+                  "eval (held_out): reusing", "eval (training): reusing", "filter: reusing",
+                  "RL: reusing the finished run", "eval after RL (held_out): reusing",
+                  "eval after RL (training): reusing"):
         assert stage in log
+    assert "step 1/" not in log and model.stat().st_mtime_ns == mtime
+
+
+def test_an_rl_run_stopped_or_killed_resumes_from_its_checkpoint(first_run, capsys, monkeypatch):
+    rl = ["--rl", "max_steps=3"]  # other settings than the finished run's: the RL stage starts again
+    log = run_demo(first_run, capsys, *SIZES, *FAST, *rl, "--rl", "stop_after_steps=1")
+    assert "filter: reusing" in log and "RL: " in log and "starting it again" in log
+    assert "RL: stopped after step 1 of 3" in log and "eval after RL" not in log
+    report = json.loads((first_run / "report.json").read_text())
+    assert report["rl"]["steps"] == 1 and report["rl_stopped"] and "rl_held_out" not in report
+
+    real_step, calls = loop.RLRun.train_step, []
+
+    def killed(self):
+        calls.append(1)
+        if len(calls) == 2:  # in step 3, after step 2's checkpoint (the quick profile checkpoints every step)
+            raise RuntimeError("simulated kill")
+        return real_step(self)
+
+    monkeypatch.setattr(loop.RLRun, "train_step", killed)
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        demo.main(["--quick", "--out", str(first_run), *SIZES, *FAST, *rl])
+    log = capsys.readouterr().out
+    assert "at step 1" in log and "step 2/3" in log
+    monkeypatch.setattr(loop.RLRun, "train_step", real_step)
+
+    log = run_demo(first_run, capsys, *SIZES, *FAST, *rl)
+    assert "starting it again" not in log and "at step 2" in log and "step 3/3" in log
+    assert "step 1/3" not in log and "step 2/3" not in log
+    assert rl_steps(first_run / "rl") == [0, 1, 2, 3]  # the start probe, then each step once
+    report = json.loads((first_run / "report.json").read_text())
+    assert report["rl"]["steps"] == 3 and not report["rl_stopped"] and "rl_held_out" in report
+
+
+def test_skip_rl_stops_after_the_sft_evaluation(first_run, capsys):
+    log = run_demo(first_run, capsys, *SIZES, *FAST, "--skip-rl")
+    assert "eval (held_out): reusing" in log
+    assert "[demo] filter" not in log and "[demo] RL" not in log and "eval after RL" not in log
+    report = json.loads((first_run / "report.json").read_text())
+    assert report["rl"] is None and "rl_held_out" not in report and set(report["accuracy"]["held_out"]) == {
+        "after SFT"}
+    assert "held-out world (unseen names), after SFT" in (first_run / "report.md").read_text()
 
 
 def test_changed_settings_redo_only_the_stages_they_touch(first_run, capsys):
@@ -77,6 +173,8 @@ def test_changed_settings_redo_only_the_stages_they_touch(first_run, capsys):
     assert "world: reusing" in log and "tokenizer: reusing" in log
     assert "trained with other settings or inputs; starting it again" in log
     assert "eval (held_out): 2 questions" in log and "eval (training): 3 questions" in log
+    assert "filter: " in log and "filter: reusing" not in log  # a new SFT model: the filter and RL run again
+    assert "RL: reusing" not in log and "eval after RL (held_out): 2 questions" in log
     report = json.loads((first_run / "report.json").read_text())
     assert report["training"]["steps"] == 2
 
@@ -84,4 +182,16 @@ def test_changed_settings_redo_only_the_stages_they_touch(first_run, capsys):
 def test_a_bad_setting_is_reported_before_any_work(tmp_path, capsys):
     assert demo.main(["--quick", "--out", str(tmp_path / "run"), "lr=oops"]) == 2
     assert "lr = 'oops'" in capsys.readouterr().err
+    assert demo.main(["--quick", "--out", str(tmp_path / "run"), "--rl", "clip_low=-1"]) == 2
+    assert "clip_low" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_the_quick_profile_runs_every_stage(tmp_path, capsys):
+    """`python -m litere.demo --quick` as a user runs it (the 3.4M model, 200 SFT steps): under 3 minutes on 2
+    idle cores."""
+    log = run_demo(tmp_path / "run", capsys)
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert report["rl"]["steps"] == 2 and set(report["accuracy"]["held_out"]["after RL"]) == TYPES
+    assert "RL: GRPO" in log and (tmp_path / "run" / "report.html").is_file()

@@ -183,6 +183,33 @@ def test_every_step_dumps_its_trajectories_with_rewards_and_advantages(toy, tmp_
                for r in records)
 
 
+def test_balanced_sources_give_every_step_an_equal_share_of_each_source_and_resume_in_order(toy, tmp_path):
+    import gzip
+
+    rows = [json.loads(line) for line in (toy / "questions.jsonl").read_text().splitlines()]
+    mixed = tmp_path / "mixed.jsonl"  # 12 questions of source a, 4 of source b
+    mixed.write_text("".join(json.dumps({**r, "data_source": "a" if i < 12 else "b"}) + "\n"
+                             for i, r in enumerate(rows)))
+
+    def step_questions(run_dir):
+        out = []
+        for step in (1, 2, 3):
+            with gzip.open(run_dir / "rollouts" / f"step_{step}.jsonl.gz", "rt") as f:
+                out.append(sorted({(r["data_source"], r["question_id"]) for r in map(json.loads, f)}))
+        return out
+
+    settings = dict(questions=[str(mixed)], balance_sources=True, max_steps=3, dump_rollouts=True, export=False,
+                    samples_per_prompt=2, max_response_tokens=24)
+    loop.train(rl_config(toy, run_dir=str(tmp_path / "whole"), **settings))
+    whole = step_questions(tmp_path / "whole")
+    assert all([source for source, _ in step] == ["a", "a", "b", "b"] for step in whole)
+    assert len({q for step in whole for source, q in step if source == "b"}) == 4  # b's 4, none repeated early
+    loop.train(rl_config(toy, run_dir=str(tmp_path / "resumed"), stop_after_steps=1, **settings))
+    loop.train(rl_config(toy, run_dir=str(tmp_path / "resumed"), **settings))
+    assert step_questions(tmp_path / "resumed") == whole
+    assert [m["step"] for m in metrics(tmp_path / "resumed")] == [1, 2, 3]
+
+
 # --- bad input ---------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("override, message", [
     ("temperature=0", "greedy"),

@@ -126,6 +126,21 @@ def test_sequences_growing_side_by_side_keep_their_blocks_consecutive():
     assert manager.num_free == 0
 
 
+def test_a_row_taken_by_another_sequence_keeps_no_blocks_of_the_earlier_one():
+    """The compiled decode step reads every row up to the batch's widest; stale block ids would send those
+    (masked) reads all over the cache, so a row is cleared to block 0 past its new sequence's blocks."""
+    from litere.sampler import Sampler, SamplingParams
+    from model_utils import random_model, small_config
+
+    sampler = Sampler(random_model(small_config()), max_cache_tokens=512, block_size=4, max_num_seqs=1)
+    params = SamplingParams(temperature=0, max_new_tokens=2, stop_token_ids=())
+    sampler.generate([list(range(1, 60))], params)
+    assert sampler.block_table[0, 1:15].ne(0).all()  # the long prompt's blocks are still written there
+    sampler.add([5, 6, 7], params)
+    sampler.step()
+    assert sampler.block_table[0, 1:].eq(0).all()
+
+
 def test_argmax_takes_the_first_maximum_of_large_vocabularies():
     gen = torch.Generator().manual_seed(0)
     for width in (151936, 2048, 4099):

@@ -59,13 +59,44 @@ def count_compiled_steps(monkeypatch):
     return calls
 
 
+def record_eager_batches(monkeypatch):
+    """The new-token counts of the entries of every eager forward."""
+    batches = []
+    original = Sampler._eager_forward
+
+    def recording(self, batch):
+        batches.append([n for _, n in batch])
+        return original(self, batch)
+
+    monkeypatch.setattr(Sampler, "_eager_forward", recording)
+    return batches
+
+
 @pytest.mark.parametrize("cache_tokens", [4096, 160])  # 160: preemption and recomputation
 def test_compiled_decode_gives_the_eager_tokens_and_logprobs(model, monkeypatch, cache_tokens):
     eager = agent_like_workload(Sampler(model, max_cache_tokens=cache_tokens, block_size=8))
     calls = count_compiled_steps(monkeypatch)
+    eager_batches = record_eager_batches(monkeypatch)
     compiled = agent_like_workload(Sampler(model, max_cache_tokens=cache_tokens, block_size=8, compile="default"))
     assert_same_results(eager, compiled)
     assert len(calls) > 20 and 1 in calls and max(calls) >= 4  # decode steps ran compiled, alone and batched
+    # prefills ran eagerly, and never took a decoding sequence with them
+    assert eager_batches and all(n > 1 for batch in eager_batches for n in batch)
+
+
+def test_a_prefill_beside_decoding_sequences_leaves_them_in_the_graph(model, monkeypatch):
+    early, late = prompts(5, 12, 9, seed=6), prompts(30, seed=7)[0]
+    sampler = Sampler(model, max_cache_tokens=4096, block_size=8, compile="default")
+    ids = [sampler.add(p, GREEDY)[0] for p in early]
+    for _ in range(3):
+        sampler.step()
+    calls, eager_batches = count_compiled_steps(monkeypatch), record_eager_batches(monkeypatch)
+    ids.append(sampler.add(late, GREEDY)[0])
+    sampler.step()
+    assert calls == [3] and eager_batches == [[30]]
+    outputs = drain(sampler)
+    eager = Sampler(model, max_cache_tokens=4096, block_size=8).generate(early + [late], GREEDY)
+    assert [outputs[i].token_ids for i in ids] == [o.token_ids for o in eager]
 
 
 def test_padded_shapes_give_the_same_results(model, monkeypatch):

@@ -1,9 +1,11 @@
 """The ReAct agent (docs/protocol.md sections 2, 3 and 7) over the continuous-batching sampler.
 
 Every running trajectory decodes in the same sampler. A turn that ends in a tool call pauses its request (it keeps
-its KV cache); the call runs in a thread pool while the other trajectories keep decoding (or inline, with
-`tool_workers=0`), and its result is appended token-in/token-out with `sampler.extend`. History is never
-re-tokenized, so the ids of a trajectory are exactly what the model saw.
+its KV cache); the call runs in a thread pool while the other trajectories keep decoding, and its result is appended
+token-in/token-out with `sampler.extend`. A tool whose calls have taken less than `inline_tool_seconds` on average
+(the embedded page store answers in well under a millisecond) runs inline instead, as every tool does with
+`tool_workers=0`: a hand-off to the pool would cost more than the call and delay its result by a step. History is
+never re-tokenized, so the ids of a trajectory are exactly what the model saw.
 
 A turn answers when the text after its first `</think>` (the whole turn if it has none) holds both `<answer>` and
 `</answer>`. Training mode ends an episode at the first turn with neither a parsable tool call nor an answer.
@@ -68,6 +70,7 @@ class AgentConfig:
     final_answer_tokens: int = 2048  # eval: context kept free for the reminder's final answer
     reminder: str = CONTEXT_LIMIT_REMINDER
     tool_workers: int = 16  # 0: run tool calls inline, in order (deterministic; no threads)
+    inline_tool_seconds: float = 0.002  # a tool whose calls took less on average runs inline (0: never)
     max_concurrent: int | None = None  # trajectories in flight at once (None: every one)
     system_prompt: str = SYSTEM_PROMPT
     user_prefix: str = USER_PREFIX
@@ -80,6 +83,8 @@ class AgentConfig:
                 raise ValueError(f"AgentConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.tool_workers < 0:
             raise ValueError(f"AgentConfig.tool_workers must be >= 0 (0: inline), got {self.tool_workers}")
+        if not self.inline_tool_seconds >= 0:
+            raise ValueError(f"AgentConfig.inline_tool_seconds must be >= 0, got {self.inline_tool_seconds}")
 
 
 @dataclass
@@ -98,6 +103,23 @@ class RolloutStats:
         return (f"{self.done}/{self.total} trajectories | {self.tool_calls / dt:.1f} tool calls/s | "
                 f"{self.sampled_tokens / dt:.0f} tok/s | {self.tools_in_flight} tools running | "
                 + (f"{errors} tool errors | " if errors else "") + f"{dt:.0f}s")
+
+
+class ToolLatency:
+    """A moving average of each tool's call latency, which decides whether its next call runs inline: a call
+    cheaper than handing it to a thread is cheaper still done at once. A tool with no call measured yet, or one
+    that slows down (an HTTP service), goes to the pool."""
+
+    def __init__(self, inline_below: float, weight: float = 0.25):
+        self.inline_below, self.weight = inline_below, weight
+        self.average: dict[str, float] = {}
+
+    def observe(self, tool: str, seconds: float):
+        previous = self.average.get(tool, seconds)
+        self.average[tool] = previous + self.weight * (seconds - previous)
+
+    def inline(self, tool: str) -> bool:
+        return self.average.get(tool, math.inf) < self.inline_below
 
 
 @dataclass
@@ -145,6 +167,7 @@ class Agent:
         self._tools: dict[Future, tuple[_Episode, ToolCallRecord]] = {}
         self._done: list[Trajectory] = []
         self._on_trajectory = on_trajectory
+        self._latency = ToolLatency(self.config.inline_tool_seconds)
         pending = deque(questions)
         last_report = time.perf_counter()
         workers = self.config.tool_workers
@@ -263,7 +286,7 @@ class Agent:
             record = ToolCallRecord(t.num_turns, MALFORMED_CALL, {}, error=problem)
             return self._respond(ep, record, TOOL_ERROR.format(problem))
         record = ToolCallRecord(t.num_turns, call.name, call.arguments)
-        if self._pool is None:
+        if self._pool is None or self._latency.inline(call.name):
             self.stats.tool_calls += 1
             return self._tool_done(ep, record, execute_tool(ep.env, call, ep.question.mask_url))
         self._tools[self._pool.submit(execute_tool, ep.env, call, ep.question.mask_url)] = (ep, record)
@@ -287,6 +310,7 @@ class Agent:
 
     def _tool_done(self, ep: _Episode, record: ToolCallRecord, result: tuple):
         text, record.success, record.error, record.latency_s = result
+        self._latency.observe(record.name, record.latency_s)
         self._respond(ep, record, text)
 
     def _respond(self, ep: _Episode, record: ToolCallRecord, text: str):

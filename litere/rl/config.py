@@ -73,6 +73,9 @@ class RLConfig(RolloutSettings, TrainerConfig):
     weight_decay: float = 0.01
     algo: str = "grpo"  # grpo | ppo
     prompts_per_step: int = 128
+    # each step takes an equal share of prompts_per_step from every data_source, each source in its own seeded
+    # order (prompts.py): question types stay balanced in every batch whatever their counts in the files
+    balance_sources: bool = False
     max_steps: int = 0  # 0: `epochs` passes over the questions
     epochs: float = 1.0
     stop_after_steps: int = 0  # > 0: stop (checkpointed) after this many steps; a later run continues

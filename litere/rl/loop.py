@@ -44,7 +44,7 @@ from .critic import build_critic
 from .loss import Normalizer, aggregate, kl_penalty, policy_loss, tis_weights, value_loss
 from .metrics import (add_into, all_reduce_max, all_reduce_sum, gather_objects, loss_metrics, reduce_sums,
                       rollout_metrics, trajectory_summary)
-from .prompts import PromptOrder, PromptPosition, load_question_files
+from .prompts import PromptPosition, load_question_files, prompt_order
 from .rollouts import agent_config, check_prompts, make_judge, make_sampler, sampling_params, system_prompt
 from .sync import RolloutWeights, rollout_dtype
 
@@ -73,7 +73,7 @@ class RLRun:
         self.questions = load_question_files(cfg.questions)
         self.question_index = {q.id: i for i, q in enumerate(self.questions)}
         try:
-            self.order = PromptOrder(len(self.questions), cfg.prompts_per_step, cfg.seed)
+            self.order = prompt_order(self.questions, cfg.prompts_per_step, cfg.seed, cfg.balance_sources)
         except ValueError as e:
             raise run_config.RunConfigError(str(e)) from None
         self.total_steps = cfg.max_steps or self.order.total_steps(cfg.epochs)

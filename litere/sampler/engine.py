@@ -6,8 +6,9 @@ packed forward pass over it, samples the next token of every sequence whose unca
 (sampling.py), and hands finished turns back as `Output`s.
 
 The model takes the flat token stream; a `CacheStep` (kv_cache.py) tells each attention layer where the tokens' k/v
-go in the paged cache and which blocks each sequence reads, so prefill and decode share one forward. Steps in which
-every sequence decodes one token can run through a compiled graph instead (decode_graph.py).
+go in the paged cache and which blocks each sequence reads, so prefill and decode share one forward. With a compiled
+decode step (decode_graph.py), the sequences that compute one token run through the graph instead, and the
+prefill chunks of the same step (prompts, tool responses) run eagerly in a forward of their own.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import math
 import numbers
 import random
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -25,6 +27,25 @@ from .sampling import Rows, SamplingParams, sample
 from .scheduler import Scheduler, Sequence
 
 _STOP_WINDOW_PER_CHAR = 4  # a character can take up to 4 byte-level tokens
+
+
+class _StepInputs(NamedTuple):
+    ids: torch.Tensor          # (T,) the uncached tokens of the batch, packed by entry
+    positions: torch.Tensor    # (T,)
+    slots: torch.Tensor        # (T,) where their k/v go in the cache
+    block_table: torch.Tensor  # (B, blocks) the entries' rows of the block table
+    cu_seqlens: torch.Tensor   # (B + 1,) int32 offsets of the entries' tokens
+    seqlens: torch.Tensor      # (B,) int32 cached + new tokens per entry
+
+
+def _in_batch_order(hidden: torch.Tensor, entries: list[int]) -> torch.Tensor:
+    """Rows given for batch entries `entries` (a permutation of 0..B-1), reordered to 0..B-1."""
+    if entries == list(range(len(entries))):
+        return hidden
+    order = [0] * len(entries)
+    for row, entry in enumerate(entries):
+        order[entry] = row
+    return hidden[torch.tensor(order, device=hidden.device)]
 
 
 @dataclass
@@ -47,8 +68,8 @@ class Sampler:
     sequences. `stop_token_ids` is the default for requests whose params leave it None (default: the model
     config's eos_token_id, which is <|im_end|> in Qwen3 checkpoints); `decode` (ids -> str) enables stop strings.
     `seed` seeds the seeds of unseeded requests. `compile` ("default", or "reduce-overhead" for CUDA graphs) runs
-    steps in which every sequence decodes one token through a torch.compile graph (decode_graph.py); the first
-    such step of each shape class compiles it (BENCHMARKS.md lists compile times), other steps run eagerly. On CPU the
+    the sequences that compute one token in a step through a torch.compile graph (decode_graph.py), prefill chunks
+    beside them eagerly; the first use of each shape class compiles it (BENCHMARKS.md lists compile times). On CPU the
     constructor tunes glibc malloc process-wide (see `litere.cpu.retain_freed_memory`).
     """
 
@@ -180,10 +201,9 @@ class Sampler:
             if self.has_work():
                 raise RuntimeError("Sampler: queued requests could not be scheduled (scheduler invariant broken)")
             return []
-        hidden, last_token = self._forward(batch)
-        # (index into hidden, sequence) of every sequence that draws a token now; forks share their leader's index
-        to_sample = [(index, s) for (seq, n), index in zip(batch, last_token)
-                     for s in self.scheduler.computed(seq, n)]
+        hidden = self._forward(batch)
+        # (row of hidden, sequence) of every sequence that draws a token now; forks share their leader's row
+        to_sample = [(row, s) for row, (seq, n) in enumerate(batch) for s in self.scheduler.computed(seq, n)]
         if not to_sample:
             return []
         tokens, logprobs = self._sample(hidden, to_sample)
@@ -224,10 +244,42 @@ class Sampler:
         return "Sampler max_seq_len, bounded by the model's max_position_embeddings and the cache size"
 
     # --- the forward pass -----------------------------------------------------------------------------------
-    def _forward(self, batch: list[tuple[Sequence, int]]):
-        """Run the model over the batch; returns hidden states and, per sequence, the index of its last token."""
-        device, bs = self.device, self.block_size
+    def _forward(self, batch: list[tuple[Sequence, int]]) -> torch.Tensor:
+        """Hidden states of the last token of each batch entry, (len(batch), hidden), in batch order.
+
+        With a compiled decode step, the one-token entries (the decoding sequences) run through the graph even when
+        other entries prefill: those run eagerly in a forward of their own beside it, so that a tool response or a
+        prompt arriving does not send the whole decode batch down the eager path.
+        """
         self._apply_block_updates()
+        if self._compiled is None:
+            return self._eager_forward(batch)
+        single = [i for i, (_, n) in enumerate(batch) if n == 1]
+        if len(single) == len(batch):
+            return self._compiled_forward(batch)
+        if not single:
+            return self._eager_forward(batch)
+        chunks = [i for i, (_, n) in enumerate(batch) if n > 1]
+        hidden = torch.cat((self._compiled_forward([batch[i] for i in single]),
+                            self._eager_forward([batch[i] for i in chunks])))
+        return _in_batch_order(hidden, single + chunks)
+
+    def _eager_forward(self, batch: list[tuple[Sequence, int]]) -> torch.Tensor:
+        inputs = self._inputs(batch)
+        step = CacheStep(self.cache, inputs.slots, inputs.block_table, inputs.cu_seqlens, inputs.seqlens,
+                         max(n for _, n in batch))
+        hidden = self.model(inputs.ids, inputs.positions, cache=step)
+        if len(hidden) == len(batch):
+            return hidden
+        return hidden.index_select(0, inputs.cu_seqlens[1:].long() - 1)
+
+    def _compiled_forward(self, batch: list[tuple[Sequence, int]]) -> torch.Tensor:
+        inputs = self._inputs(batch)
+        return self._compiled(inputs.ids, inputs.positions, inputs.slots, inputs.block_table, inputs.seqlens)
+
+    def _inputs(self, batch: list[tuple[Sequence, int]]) -> _StepInputs:
+        """The model's inputs for the uncached tokens of the batch, on the device."""
+        device, bs = self.device, self.block_size
         ids, positions, slots, cu_seqlens, seqlens_k = [], [], [], [0], []
         for seq, n in batch:
             start, stop = seq.num_cached, seq.num_cached + n
@@ -244,20 +296,16 @@ class Sampler:
         # two host-to-device transfers: the int64 token data and the int32 layout
         longs = torch.tensor(ids + positions + slots + [seq.row for seq, _ in batch]).to(device, non_blocking=True)
         ints = torch.tensor(cu_seqlens + seqlens_k, dtype=torch.int32).to(device, non_blocking=True)
-        seq_rows = longs[3 * total:]
-        table = self.block_table[seq_rows, :math.ceil(max(seqlens_k) / bs)]
-        ids_t, positions_t, slots_t = longs[:total], longs[total:2 * total], longs[2 * total:3 * total]
-        cu_seqlens_t, seqlens_t = ints[:len(batch) + 1], ints[len(batch) + 1:]
-        if self._compiled is not None and total == len(batch):  # every sequence decodes one token
-            hidden = self._compiled(ids_t, positions_t, slots_t, table, seqlens_t)
-        else:
-            step = CacheStep(self.cache, slots_t, table, cu_seqlens_t, seqlens_t, max(n for _, n in batch))
-            hidden = self.model(ids_t, positions_t, cache=step)
-        return hidden, [end - 1 for end in cu_seqlens[1:]]
+        table = self.block_table[longs[3 * total:], :math.ceil(max(seqlens_k) / bs)]
+        return _StepInputs(longs[:total], longs[total:2 * total], longs[2 * total:3 * total], table,
+                           ints[:len(batch) + 1], ints[len(batch) + 1:])
 
     def _apply_block_updates(self):
         """Write the block-table entries and copy the shared blocks that the scheduler queued."""
         device, scheduler = self.device, self.scheduler
+        if scheduler.row_resets:
+            self.block_table[torch.tensor(scheduler.row_resets, device=device)] = 0
+            scheduler.row_resets.clear()
         if scheduler.table_writes:
             rows, cols, blocks = zip(*scheduler.table_writes)
             self.block_table[torch.tensor(rows, device=device), torch.tensor(cols, device=device)] = torch.tensor(

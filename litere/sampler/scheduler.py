@@ -17,8 +17,8 @@ drawing its first token from the same logits. Whoever writes next into a shared,
 first (copy-on-write). A cancelled leader hands its prefill and queue place to its first fork.
 
 The scheduler is host-side bookkeeping only. The device work its decisions imply (block-table entries, block
-copies, the penalty masks of a sequence that takes a row) is queued in `table_writes`, `block_copies` and
-`penalty_resets` for the engine to apply before its next forward pass and sampling.
+copies, the penalty masks of a sequence that takes a row) is queued in `row_resets`, `table_writes`, `block_copies`
+and `penalty_resets` for the engine to apply before its next forward pass and sampling.
 """
 from __future__ import annotations
 
@@ -64,6 +64,7 @@ class Scheduler:
         self.paused: dict[int, Sequence] = {}  # in pause order
         self._free_rows = list(range(max_num_seqs - 1, -1, -1))
         # device work for the engine, applied in order:
+        self.row_resets: list[int] = []  # rows taken by another sequence: cleared to block 0, before the writes
         self.table_writes: list[tuple[int, int, int]] = []  # (row, column, block) before the forward
         self.block_copies: list[tuple[int, int]] = []  # (src, dst) copy-on-write before the forward
         self.penalty_resets: list[tuple[int, list[int], list[int]]] = []  # (row, prompt, output) before sampling
@@ -219,7 +220,12 @@ class Scheduler:
         self._queue_row_state(seq)
 
     def _queue_row_state(self, seq: Sequence):
-        """Queue the device state of a sequence's row: its blocks and, if it uses penalties, its token masks."""
+        """Queue the device state of a sequence's row: its blocks and, if it uses penalties, its token masks.
+
+        The rest of the row is reset to block 0 first: the compiled decode step reads every row of its batch up to
+        the longest sequence's width (masking the keys past each sequence's end), and the ids a row's earlier
+        sequence left there would send those reads all over the cache instead of to one block."""
+        self.row_resets.append(seq.row)
         self.table_writes.extend((seq.row, j, b) for j, b in enumerate(seq.blocks))
         if seq.params.uses_penalties:
             self.penalty_resets.append((seq.row, seq.tokens[:seq.turn_start], seq.tokens[seq.turn_start:]))

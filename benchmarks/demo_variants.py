@@ -1,0 +1,106 @@
+"""The demo's SFT recipe on several floating-point paths: does it learn on every machine?
+
+Each variant runs `python -m litere.demo --skip-rl` (world, tokenizer, SFT, the greedy held-out and training-question
+evaluations) in its own output directory, with one change to the float path: the seed (initial weights and data
+order), the thread count (the order of reductions), or the instruction set (`ATEN_CPU_CAPABILITY=avx2` with MKL and
+oneDNN held to AVX2, which also stands in for an AVX2-only machine: torch then has no bf16 instructions and
+`precision = "auto"` trains in fp32, as such a machine does). The world, data and tokenizer are the same for every
+variant (the directory of the first is reused by the others through symbolic links).
+
+    python benchmarks/demo_variants.py                       # all variants, one after the other
+    python benchmarks/demo_variants.py --only seed1 avx2     # some of them
+    python benchmarks/demo_variants.py --table               # the table of the finished ones
+
+Each variant writes OUT/<name>/report.json (the demo's report); the table gives held-out direct / 2-hop accuracy,
+training-question accuracy, the step where the held-out copy probe started the decay, steps, tokens, training
+minutes and tokens/s. The last line printed is JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+AVX2 = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+# name: (seed, threads, AVX2 emulated)
+VARIANTS = {
+    "seed0": (0, 2, False),
+    "seed1": (1, 1, False),
+    "seed2": (2, 1, False),
+    "threads1": (0, 1, False),
+    "avx2": (0, 1, True),
+    "avx2-threads2": (0, 2, True),
+}
+SHARED = ("world", "data", "tokenizer")
+
+
+def run_variant(name: str, out: Path, first: Path | None) -> dict:
+    seed, threads, avx2 = VARIANTS[name]
+    overrides, env = [f"seed={seed}"], AVX2 if avx2 else {}
+    directory = out / name
+    directory.mkdir(parents=True, exist_ok=True)
+    if first is not None and first != directory:
+        for stage in SHARED:
+            link = directory / stage
+            if not link.exists():
+                link.symlink_to((first / stage).resolve(), target_is_directory=True)
+    command = [sys.executable, "-m", "litere.demo", "--skip-rl", "--out", str(directory), "--threads", str(threads),
+               *overrides]
+    print(f"[variants] {name}: {' '.join(f'{k}={v}' for k, v in env.items())} {' '.join(command)}", flush=True)
+    start = time.perf_counter()
+    subprocess.run(command, cwd=REPO, env={**os.environ, **env}, check=True)
+    report = json.loads((directory / "report.json").read_text())
+    report["variant_seconds"] = time.perf_counter() - start
+    return report
+
+
+def row(name: str, report: dict, out: Path) -> dict:
+    held, seen, training = report["held_out"]["accuracy"], report["training_questions"]["accuracy"], report["training"]
+    sft_metrics = [json.loads(line) for line in (out / name / "sft" / "metrics.jsonl").read_text().splitlines()]
+    seed, threads, avx2 = VARIANTS[name]
+    return {"variant": name, "seed": seed, "threads": threads, "isa": "AVX2 (emulated)" if avx2 else "native",
+            "direct": held["direct"]["accuracy"], "2-hop": held["2-hop"]["accuracy"],
+            "training_direct": seen["direct"]["accuracy"], "training_2hop": seen["2-hop"]["accuracy"],
+            "decay_start": sft_metrics[-1].get("decay_start"), "steps": training["steps"],
+            "tokens": training["tokens"], "train_minutes": training["seconds"] / 60,
+            "tokens_per_s": training["tokens_per_s"], "well_formed": report["held_out"]["well_formed"]}
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| variant | seed | threads | instructions | held-out direct | held-out 2-hop | training q. direct / 2-hop | decay from step | steps | "
+             "tokens | training | tokens/s |", "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['variant']} | {r['seed']} | {r['threads']} | {r['isa']} | {100 * r['direct']:.1f}% | {100 * r['2-hop']:.1f}% | "
+                     f"{100 * r['training_direct']:.1f}% / {100 * r['training_2hop']:.1f}% | {r['decay_start']} | "
+                     f"{r['steps']:,} | {r['tokens'] / 1e6:.2f}M | {r['train_minutes']:.1f} min | "
+                     f"{r['tokens_per_s']:,.0f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="runs/variants")
+    parser.add_argument("--only", nargs="+", choices=sorted(VARIANTS), help="these variants (default: all)")
+    parser.add_argument("--table", action="store_true", help="only print the table of the finished variants")
+    args = parser.parse_args(argv)
+    out = (REPO / args.out) if not Path(args.out).is_absolute() else Path(args.out)
+    names = args.only or list(VARIANTS)
+    if not args.table:
+        first = next((out / n for n in VARIANTS if (out / n / "world" / ".stamp").is_file()), None)
+        for name in names:
+            run_variant(name, out, first)
+            first = first or out / name
+    rows = [row(n, json.loads((out / n / "report.json").read_text()), out) for n in VARIANTS
+            if n in names and (out / n / "report.json").is_file()]
+    print(table(rows))
+    print(json.dumps(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
