@@ -11,24 +11,25 @@ question a `--prompt-tokens` prompt, every turn exactly `--turn-tokens` sampled 
 search call, every tool response `--tool-tokens` tokens, `--turns` turns per trajectory.
 
 Configurations (`--configs`; each run is a process of its own, repeats interleaved):
-  demo      the demo's settings as it runs them: eager sampler, 64 trajectories in flight, tools in a thread pool
+  eager     the demo's settings: eager sampler, 64 trajectories in flight, a pool of 16 tool threads
   compiled  the compiled decode step, tools inline (no thread hand-off), 64 in flight
   wide      as compiled, 256 in flight (the demo's cache of 64 x 3,072 tokens holds them at these lengths)
   graphs    as compiled with CUDA graphs (compile="reduce-overhead"; CUDA only)
-`--baseline-src DIR` adds the `demo` configuration run with the litere (and kernels) found in DIR, e.g. a copy of
+`--baseline-src DIR` adds the `eager` configuration run with the litere (and kernels) found in DIR, e.g. a copy of
 another checkout, interleaved with the others.
 
 Per row: sampled tokens/s, trajectories/min and tool calls/s (wall clock), sampled tokens per CPU-second of the
 process (CPU time: on a shared machine the less noisy measure), and the bound: the decode step's own time at each
 batch size the run decoded with, times the number of steps it decoded with that batch (decode steps timed after
-the run, in a fresh sampler with the same settings, at the run's mean decode context); "x bound" = wall / bound.
-Greedy rows also say whether their trajectories are token-identical to the first greedy row's.
+the run, in a fresh sampler with the same settings, at the run's mean decode context); "x bound" = wall / bound,
+and the same in CPU time. "same tokens": the row's trajectories are token-identical to the first row's of its
+sampling (greedy, and seeded RL samples).
 
 `--profile` runs one greedy rollout of the first configuration and prints where its time goes (exclusive CPU time
 per part: model forwards by step kind, sampling, scheduling, tokenisation, tool calls, the loop itself); `--ops`
 adds torch.profiler's operator table.
 
-    python benchmarks/bench_rollout.py [--configs demo,compiled,wide] [--repeats 3] [--n-questions 300]
+    python benchmarks/bench_rollout.py [--configs eager,compiled,wide] [--repeats 3] [--n-questions 300]
         [--rl-questions 64] [--baseline-src DIR] [--profile [--ops]] [--threads 1] [--json FILE]
     python benchmarks/bench_rollout.py --workload synthetic --shape qwen3-0.6b --device cuda --dtype bf16
 """
@@ -52,10 +53,9 @@ REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "runs" / "bench_rl_demo"
 
 CONFIGS = {
-    "demo": dict(compile=None, in_flight=64, tool_workers=16),
+    "eager": dict(compile=None, in_flight=64, tool_workers=16),
     "compiled": dict(compile="default", in_flight=64, tool_workers=0),
     "wide": dict(compile="default", in_flight=256, tool_workers=0),
-    "all": dict(compile="default", in_flight=512, tool_workers=0),
     "graphs": dict(compile="reduce-overhead", in_flight=64, tool_workers=0),
 }
 SAMPLINGS = {"greedy": dict(temperature=0.0), "rl": dict(temperature=0.7, top_p=0.95)}
@@ -90,13 +90,15 @@ class SyntheticTokenizer:
 
 
 class SyntheticEnv:
+    """Tools that answer after `delay` seconds (the tokenizer makes every response the same length)."""
+
     def __init__(self, delay: float = 0.0):
-        self.delay, self._calls = delay, 0
+        self.delay = delay
 
     def search(self, queries, mask_url=None):
-        time.sleep(self.delay)
-        self._calls += 1
-        return f"result {self._calls} for {queries}"
+        if self.delay:
+            time.sleep(self.delay)
+        return f"results for {queries}"
 
     def visit(self, urls, goal):
         return self.search(urls)
@@ -221,8 +223,8 @@ class DecodeLog:
         return round(self.context_tokens / max(1, self.decode_rows))
 
 
-def decode_step_seconds(setup: Setup, batch: int, context: int, steps: int = 8) -> float:
-    """Median wall time of a step in which `batch` sequences of `context` tokens each decode one token."""
+def decode_step_seconds(setup: Setup, batch: int, context: int, steps: int = 12) -> tuple[float, float]:
+    """Median wall and CPU time of a step in which `batch` sequences of `context` tokens each decode one token."""
     from litere.sampler import SamplingParams
 
     sampler = setup.sampler()
@@ -236,12 +238,13 @@ def decode_step_seconds(setup: Setup, batch: int, context: int, steps: int = 8) 
         sampler.step()
     for _ in range(2):
         sampler.step()
-    times = []
+    wall, cpu = [], []
     for _ in range(steps):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         sampler.step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - cpu_start)
+    return statistics.median(wall), statistics.median(cpu)
 
 
 def decode_bound(setup: Setup, log: DecodeLog) -> dict:
@@ -252,15 +255,16 @@ def decode_bound(setup: Setup, log: DecodeLog) -> dict:
     context = min(log.mean_context, setup.context - 16)
     measured = {b: decode_step_seconds(setup, b, context) for b in sizes}
 
-    def at(b):
+    def at(b, clock):
         lower = max(s for s in sizes if s <= b)
         upper = min(s for s in sizes if s >= b)
-        if upper == lower:
-            return measured[b]
-        return measured[lower] + (measured[upper] - measured[lower]) * (b - lower) / (upper - lower)
+        low, high = measured[lower][clock], measured[upper][clock]
+        return low if upper == lower else low + (high - low) * (b - lower) / (upper - lower)
 
-    return {"bound_s": sum(at(b) * steps for b, steps in log.batches.items()), "decode_context": context,
-            "decode_step_ms": {b: 1e3 * t for b, t in measured.items()}}
+    return {"bound_s": sum(at(b, 0) * steps for b, steps in log.batches.items()),
+            "bound_cpu_s": sum(at(b, 1) * steps for b, steps in log.batches.items()), "decode_context": context,
+            "decode_step_ms": {b: 1e3 * wall for b, (wall, _) in measured.items()},
+            "decode_step_cpu_ms": {b: 1e3 * cpu for b, (_, cpu) in measured.items()}}
 
 
 def run_worker(spec: dict) -> dict:
@@ -302,6 +306,7 @@ def run_worker(spec: dict) -> dict:
     if spec.get("bound"):
         result.update(decode_bound(setup, log))
         result["x_bound"] = wall / result["bound_s"]
+        result["x_bound_cpu"] = cpu / result["bound_cpu_s"]
     return result
 
 
@@ -386,7 +391,7 @@ def spawn(spec: dict) -> dict:
 def median_run(runs: list[dict]) -> dict:
     row = dict(sorted(runs, key=lambda r: r["sampled_tok_s"])[len(runs) // 2])
     row["repeats"] = len(runs)
-    for key in ("sampled_tok_per_cpu_s", "x_bound"):
+    for key in ("sampled_tok_per_cpu_s", "x_bound", "x_bound_cpu"):
         if all(key in r for r in runs):
             row[key] = statistics.median(r[key] for r in runs)
     return row
@@ -395,18 +400,21 @@ def median_run(runs: list[dict]) -> dict:
 def print_table(rows: list[dict], title: str):
     print(f"\n{title}")
     print("| sampling | configuration | trajectories | wall s | sampled tok/s | traj/min | tool calls/s | "
-          "tok per CPU-s | vs first | decode batch | bound s | x bound | compile s | same tokens |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+          "tok per CPU-s | vs first (CPU) | decode batch | bound s | x bound | x bound (CPU) | compile s | "
+          "same tokens |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     firsts = {}
     for r in rows:
         first = firsts.setdefault(r["sampling"], r)
-        same = "" if r["sampling"] != "greedy" else "yes" if r["trajectories_sha"] == first["trajectories_sha"] else "NO"
-        bound = f"{r['bound_s']:.1f} | {r['x_bound']:.2f}" if "bound_s" in r else "- | -"
+        same = "yes" if r["trajectories_sha"] == first["trajectories_sha"] else "NO"
+        bound = (f"{r['bound_s']:.1f} | {r['x_bound']:.2f} | {r['x_bound_cpu']:.2f}" if "bound_s" in r
+                 else "- | - | -")
         name = r["config"] + (" (baseline src)" if r.get("src") else "")
+        speedup = (f"{r['sampled_tok_s'] / first['sampled_tok_s']:.2f}x "
+                   f"({r['sampled_tok_per_cpu_s'] / first['sampled_tok_per_cpu_s']:.2f}x)")
         print(f"| {r['sampling']} | {name} | {r['trajectories']} | {r['wall_s']:.1f} | {r['sampled_tok_s']:.0f} | "
-              f"{r['traj_per_min']:.0f} | {r['tool_calls_s']:.1f} | {r['sampled_tok_per_cpu_s']:.0f} | "
-              f"{r['sampled_tok_s'] / first['sampled_tok_s']:.2f}x | {r['mean_decode_batch']:.1f} | {bound} | "
-              f"{r['compile_s']:.0f} | {same} |")
+              f"{r['traj_per_min']:.0f} | {r['tool_calls_s']:.1f} | {r['sampled_tok_per_cpu_s']:.0f} | {speedup} | "
+              f"{r['mean_decode_batch']:.1f} | {bound} | {r['compile_s']:.0f} | {same} |")
 
 
 def print_profile(result: dict):
@@ -425,9 +433,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--workload", choices=("demo", "synthetic"), default="demo")
-    parser.add_argument("--configs", default="demo,compiled,wide", help=f"comma-separated, of {', '.join(CONFIGS)}")
+    parser.add_argument("--configs", default="eager,compiled,wide", help=f"comma-separated, of {', '.join(CONFIGS)}")
     parser.add_argument("--samplings", default="greedy,rl", help="greedy and/or rl (temperature 0.7, n = 8)")
-    parser.add_argument("--baseline-src", help="also run the demo configuration with the code in this directory")
+    parser.add_argument("--baseline-src", help="also run the eager configuration with the code in this directory")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--n-questions", type=int, default=300, help="greedy: questions (one sample each)")
     parser.add_argument("--rl-questions", type=int, default=64, help="rl: questions (8 samples each)")
@@ -467,7 +475,7 @@ def main(argv=None):
         return
     plan = [(sampling, config, None) for sampling in args.samplings.split(",") for config in configs]
     if args.baseline_src:
-        plan = [(s, "demo", args.baseline_src) for s in args.samplings.split(",")] + plan
+        plan = [(s, "eager", args.baseline_src) for s in args.samplings.split(",")] + plan
     runs = defaultdict(list)
     for repeat in range(args.repeats):
         for sampling, config, src in plan:

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Every GPU-marked test, then the kernel, sampler and RL-step benchmarks, in one call on one CUDA machine (at most 16
-# minutes: each phase has its own time limit). Uses $PYTHON, else python3, as it is: it must already hold torch and
-# triton (and pytest); the project is put on PYTHONPATH, nothing is installed. Logs and results go to $OUT when set,
-# else runs/gpu_check. Name phases to run only those (tests, kernels, sampler, rl); the default is all of them.
+# minutes, 21 with the rollout phase: each phase has its own time limit). Uses $PYTHON, else python3, as it is: it
+# must already hold torch and triton (and pytest); the project is put on PYTHONPATH, nothing is installed. Logs and
+# results go to $OUT when set, else runs/gpu_check. Name phases to run only those (tests, kernels, sampler, rl,
+# rollout); the default is all of them.
 #   bash benchmarks/gpu_check.sh
 #   bash benchmarks/gpu_check.sh rl          # the two RL-step rows only (at most 6 minutes)
+#   bash benchmarks/gpu_check.sh rollout     # the agent loop against its decode step (at most 5 minutes)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,9 +27,9 @@ print("python", platform.python_version(), "| torch", torch.__version__, "| trit
     exit 1
 fi
 
-phases=${*:-tests kernels sampler rl}
+phases=${*:-tests kernels sampler rl rollout}
 wanted() { [[ " $phases " == *" $1 "* ]]; }
-tests_rc=- bench_rc=- sampler_rc=- rl_small_rc=- rl_large_rc=-
+tests_rc=- bench_rc=- sampler_rc=- rl_small_rc=- rl_large_rc=- rollout_rc=-
 
 if wanted tests; then
     echo "== GPU-marked tests (limit 200 s)"
@@ -62,8 +64,20 @@ if wanted rl; then
     rl_large_rc=${PIPESTATUS[0]}
 fi
 
+if wanted rollout; then
+    # the agent loop over the sampler against its own decode step: random weights, 64 questions greedy and 16 x 8
+    # RL samples, 512-token prompts, 4 turns of 128 sampled tokens, 256-token tool responses; the eager sampler
+    # (the demo's settings) and the compiled decode step replayed as CUDA graphs
+    echo "== rollouts, 0.6B shape in bf16 (limit 300 s)"
+    timeout 300 "$py" benchmarks/bench_rollout.py --workload synthetic --shape qwen3-0.6b --device cuda --dtype bf16 \
+        --configs eager,graphs --n-questions 64 --rl-questions 16 --threads 0 --json "$out/bench_rollout.json" 2>&1 \
+        | tee "$out/bench_rollout.log"
+    rollout_rc=${PIPESTATUS[0]}
+fi
+
 echo "gpu_check: tests exit $tests_rc, kernel benchmarks exit $bench_rc, sampler benchmark exit $sampler_rc," \
-     "RL step 0.6B exit $rl_small_rc, 4B exit $rl_large_rc (124 = hit its time limit, - = not run); logs in $out"
-for rc in $tests_rc $bench_rc $sampler_rc $rl_small_rc $rl_large_rc; do
+     "RL step 0.6B exit $rl_small_rc, 4B exit $rl_large_rc, rollouts exit $rollout_rc (124 = hit its time limit," \
+     "- = not run); logs in $out"
+for rc in $tests_rc $bench_rc $sampler_rc $rl_small_rc $rl_large_rc $rollout_rc; do
     [ "$rc" = - ] || [ "$rc" -eq 0 ] || exit 1
 done

@@ -15,9 +15,9 @@ then reinforcement learning from rewards alone on harder questions than it was t
 5. eval       litere.evaluation.evaluate, the code of eval.py, on the held-out world (direct, 2-hop and 3-hop) and
               on a sample of training questions (an equal number per type), greedy, one sample per question
 6. filter     litere.rl.curriculum.run_filter, the code of `train.py --stage filter`, with RL's start model (the
-              SFT export Profile.rl_start names: pre_decay, evaluated too, or final) and the rollout settings of
-              configs/demo_rl.toml on a seeded sample of training questions (Profile.filter_questions per type):
-              K samples each, the questions with 1..K-1 correct go to DIR/filter/kept.jsonl
+              SFT export Profile.rl_start names: decay_200 or pre_decay, evaluated too, or final) and the rollout
+              settings of configs/demo_rl.toml on a seeded sample of training questions (Profile.filter_questions per
+              type): K samples each, the questions with 1..K-1 correct go to DIR/filter/kept.jsonl
 7. RL1        litere.rl.loop.train, the code of `train.py --stage rl1`, in this process: configs/demo_rl.toml from
               that model on the kept questions (an equal share of each type per step, balance_sources), with a
               greedy held-out probe of an equal number of each type every few steps; exports DIR/rl/final
@@ -97,9 +97,11 @@ class Profile:
     rl_config: str = "configs/demo_rl.toml"
     rl_overrides: tuple = ()
     probe_questions: int = 20       # held-out questions per type in the RL run's probe
-    # the SFT export the filter and RL start from: "pre_decay" (the model before its lr decay, which has not yet
-    # learnt to copy reliably: room for RL to show a gain; the decay itself is the continued-SFT control) or "final"
-    rl_start: str = "pre_decay"
+    # the SFT export the filter and RL start from: "decay_200" (the model 200 steps into its lr decay: it has begun to
+    # copy names and numbers from its context and answers part of the questions, so rewards have something to
+    # reinforce; the rest of the decay is the continued-SFT control), "pre_decay" (where the decay starts: its
+    # sampled answers are almost all wrong or malformed) or "final"
+    rl_start: str = "decay_200"
 
 
 # Quotas are drawn in the order direct, 2-hop, 3-hop from one generator per world: with 48 = 24 + 16 + 8 questions
@@ -107,18 +109,20 @@ class Profile:
 # those of the earlier 40-per-world world without 3-hop questions (60% / 40%), and so is the SFT data.
 MIX = (1 / 2, 1 / 3, 1 / 6)
 FULL_WORLD = BuildConfig(worlds=300, trajectories=48, eval_questions=360, mix=MIX)
+# the smoke run samples eagerly: compiling the decode step's shapes would take longer than its few rollouts
 QUICK_RL = ("max_steps=2", "prompts_per_step=3", "samples_per_prompt=4", "max_turns=6", "max_response_tokens=768",
-            "probe_every=1", "checkpoint_every=1")
+            "probe_every=1", "checkpoint_every=1", 'compile=""')
 PROFILES = {
     "full": Profile("runs/demo", FULL_WORLD, "configs/demo_sft.toml"),
-    "short": Profile("runs/demo", FULL_WORLD, "configs/demo_sft.toml", sft_stop_fraction=2 / 3, suffix="-short"),
+    "short": Profile("runs/demo", FULL_WORLD, "configs/demo_sft.toml", sft_stop_fraction=2 / 3, suffix="-short",
+                     rl_start="final"),
     "quick": Profile("runs/demo-quick", BuildConfig(worlds=40, trajectories=24, eval_questions=48, mix=MIX),
                      "configs/demo_sft.toml", ("max_steps=200", "global_batch=2048"),
                      held_out_questions=12, training_questions=6,
                      filter_questions=(("world-direct", 2), ("world-2hop", 2), ("world-3hop", 2)),
                      # a smoke run's model solves next to nothing: keep every question so that RL has some
                      filter_overrides=("min_correct=0", "max_correct=1000"), rl_overrides=QUICK_RL,
-                     probe_questions=1),
+                     probe_questions=1, rl_start="pre_decay"),
 }
 # the agent's limits in the evaluation (a teacher trajectory has 2 tool calls per hop and under 1,000 tokens)
 EVAL_AGENT = dict(mode="eval", max_turns=12, max_response_tokens=None, max_context_tokens=3072,
@@ -767,7 +771,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_rl:
             start_dir = model_dir.parent / profile.rl_start
             if not (start_dir / "config.json").is_file():
-                warn(f"{start_dir} does not exist (the SFT run's decay did not start from a hold): RL starts from "
+                warn(f"{start_dir} does not exist (the SFT run did not export it): RL starts from "
                      f"{model_dir}")
                 start_dir = model_dir
             if start_dir != model_dir:

@@ -163,15 +163,26 @@ def test_a_low_held_out_copy_loss_starts_the_decay_and_ends_the_run_after_it(dat
     assert list(untriggered) == list(range(1, 13))  # max_steps bounds the run, the decay in its last 3 steps
 
 
-def test_the_model_before_the_decay_is_exported_on_request(data_dir, tmp_path, monkeypatch):
+def test_the_models_before_and_during_the_decay_are_exported_on_request(data_dir, tmp_path, monkeypatch):
     from safetensors.torch import load_file
-    run_with_copy_losses(data_dir, tmp_path / "run", monkeypatch, {4: 0.3}, export_before_decay=True)
-    stopped = run_with_copy_losses(data_dir, tmp_path / "stopped", monkeypatch, {}, stop_after_steps=4, export=True)
-    assert list(stopped) == [1, 2, 3, 4]  # the same four steps, exported as final
-    branch = load_file(tmp_path / "run" / "pre_decay" / "model.safetensors")
-    expected = load_file(tmp_path / "stopped" / "final" / "model.safetensors")
-    assert branch.keys() == expected.keys() and all(torch.equal(branch[k], expected[k]) for k in branch)
-    assert (tmp_path / "run" / "pre_decay" / "tokenizer.json").is_file()
+    run_with_copy_losses(data_dir, tmp_path / "run", monkeypatch, {4: 0.3}, export_before_decay=True,
+                         export_during_decay=[2])
+    for name, steps in (("pre_decay", 4), ("decay_2", 6)):  # the decay starts after step 4
+        stopped_dir = tmp_path / f"stopped{steps}"
+        stopped = run_with_copy_losses(data_dir, stopped_dir, monkeypatch, {4: 0.3}, stop_after_steps=steps,
+                                       export=True)
+        assert list(stopped) == list(range(1, steps + 1))  # the same steps, exported as final
+        branch = load_file(tmp_path / "run" / name / "model.safetensors")
+        expected = load_file(stopped_dir / "final" / "model.safetensors")
+        assert branch.keys() == expected.keys() and all(torch.equal(branch[k], expected[k]) for k in branch)
+        assert (tmp_path / "run" / name / "tokenizer.json").is_file()
+    assert sorted(p.name for p in (tmp_path / "run").iterdir() if "decay" in p.name) == ["decay_2", "pre_decay"]
+
+
+def test_exports_during_the_decay_must_be_steps_inside_it(tmp_path):
+    for bad in ([0], [3], [-1], [True]):
+        with pytest.raises(run_config.RunConfigError, match="export_during_decay"):
+            sft.SFTConfig(run_dir=str(tmp_path), decay_steps=3, export_during_decay=bad)
 
 
 def test_a_resumed_run_keeps_the_decay_decision(data_dir, tmp_path, monkeypatch):

@@ -69,6 +69,9 @@ class SFTConfig(TrainerConfig):
     # with decay_steps: also export the model as it is when the decay starts, to run_dir/pre_decay (a branch point
     # for other continuations, e.g. reinforcement learning from a model that has not been annealed)
     export_before_decay: bool = False
+    # with decay_steps: also export the model k steps into the decay, for each k, to run_dir/decay_<k> (a model
+    # half-way through its anneal: it copies some names and numbers right, so rewards have something to reinforce)
+    export_during_decay: list[int] = field(default_factory=list)
 
     def __post_init__(self):
         super().__post_init__()
@@ -87,6 +90,12 @@ class SFTConfig(TrainerConfig):
                     f"decay_when_held_out_below={self.decay_when_held_out_below} needs {', '.join(missing)} "
                     "(the held-out probe that starts the decay, and the longest run)",
                     key="decay_when_held_out_below")
+        bad = [k for k in self.export_during_decay
+               if not isinstance(k, int) or isinstance(k, bool) or not 0 < k < max(self.decay_steps, 1)]
+        if bad:
+            raise run_config.RunConfigError(f"export_during_decay={self.export_during_decay}: {bad} are not steps "
+                                            f"inside the decay (integers in 1..{self.decay_steps - 1})",
+                                            key="export_during_decay")
         if self.decay_steps > 0 and self.budget_minutes > 0:
             raise run_config.RunConfigError("decay_steps counts steps; it does not combine with budget_minutes",
                                             key="decay_steps")
@@ -302,6 +311,9 @@ def _train(cfg: SFTConfig, env: DistEnv) -> Path:
             record["decay_start"] = schedule.decay_start
             if cfg.export_before_decay and step == schedule.decay_start:
                 export(cfg, model, mcfg, run_dir, tokenizer, tokenizer_dir, env, log, name="pre_decay")
+            if step - schedule.decay_start in cfg.export_during_decay:
+                export(cfg, model, mcfg, run_dir, tokenizer, tokenizer_dir, env, log,
+                       name=f"decay_{step - schedule.decay_start}")
         last = step >= stop_step() or out_of_time
         log.metrics(record)
         if step % cfg.log_every == 0 or last or not stepped:
