@@ -15,7 +15,7 @@ then reinforcement learning from rewards alone on harder questions than it was t
 5. eval       litere.evaluation.evaluate, the code of eval.py, on the held-out world (direct, 2-hop and 3-hop) and
               on a sample of training questions (an equal number per type), greedy, one sample per question
 6. filter     litere.rl.curriculum.run_filter, the code of `train.py --stage filter`, with RL's start model (the
-              SFT export Profile.rl_start names: decay_200 or pre_decay, evaluated too, or final) and the rollout
+              SFT export Profile.rl_start names: pre_decay, evaluated too, or final) and the rollout
               settings of configs/demo_rl.toml on a seeded sample of training questions (Profile.filter_questions per
               type): K samples each, the questions with 1..K-1 correct go to DIR/filter/kept.jsonl
 7. RL1        litere.rl.loop.train, the code of `train.py --stage rl1`, in this process: configs/demo_rl.toml from
@@ -97,11 +97,10 @@ class Profile:
     rl_config: str = "configs/demo_rl.toml"
     rl_overrides: tuple = ()
     probe_questions: int = 20       # held-out questions per type in the RL run's probe
-    # the SFT export the filter and RL start from: "decay_200" (the model 200 steps into its lr decay: it has begun to
-    # copy names and numbers from its context and answers part of the questions, so rewards have something to
-    # reinforce; the rest of the decay is the continued-SFT control), "pre_decay" (where the decay starts: its
-    # sampled answers are almost all wrong or malformed) or "final"
-    rl_start: str = "decay_200"
+    # the SFT export the filter and RL start from: "pre_decay" (the model before its lr decay, which has not yet
+    # learnt to copy reliably: room for RL to show a gain; the decay itself is the continued-SFT control), another
+    # export of the SFT run (e.g. "decay_200" with export_during_decay = [200]) or "final"
+    rl_start: str = "pre_decay"
 
 
 # Quotas are drawn in the order direct, 2-hop, 3-hop from one generator per world: with 48 = 24 + 16 + 8 questions
@@ -122,7 +121,7 @@ PROFILES = {
                      filter_questions=(("world-direct", 2), ("world-2hop", 2), ("world-3hop", 2)),
                      # a smoke run's model solves next to nothing: keep every question so that RL has some
                      filter_overrides=("min_correct=0", "max_correct=1000"), rl_overrides=QUICK_RL,
-                     probe_questions=1, rl_start="pre_decay"),
+                     probe_questions=1),
 }
 # the agent's limits in the evaluation (a teacher trajectory has 2 tool calls per hop and under 1,000 tokens)
 EVAL_AGENT = dict(mode="eval", max_turns=12, max_response_tokens=None, max_context_tokens=3072,
