@@ -32,7 +32,6 @@ VARIANTS = {
     "seed0": (0, 2, False),
     "seed1": (1, 1, False),
     "seed2": (2, 1, False),
-    "threads1": (0, 1, False),
     "avx2": (0, 1, True),
     "avx2-threads2": (0, 2, True),
 }

@@ -37,7 +37,7 @@ compute. The demo model trains and is evaluated with DEMO_SYSTEM_PROMPT instead 
 
 --quick is a smoke run of every stage (a small world, 200 steps of SFT, a few questions in each evaluation, a filter
 that keeps every question, 2 RL steps of 3 questions; accuracy stays near zero);
---short stops the same SFT schedule after two thirds of its max_steps (into DIR/sft-short): a partial model, which
+--short stops the same SFT schedule after half of its max_steps (into DIR/sft-short): a partial model, which
 has begun to copy from its context but answers only part of the questions, headroom for RL; the filter, RL and
 evaluations then run from it (DIR/filter-short, rl-short, eval-short, eval-rl-short, report-short);
 --skip-rl stops after the SFT model's evaluation;
@@ -89,10 +89,10 @@ class Profile:
     vocab_size: int = 800
     held_out_questions: int = 360   # of the evaluation world (a sample takes an equal number per type)
     training_questions: int = 120   # a sample of the training worlds' questions, an equal number per type
-    # the curriculum filter's sample of training questions, per type. With K = 8 samples the final SFT model's
-    # rollouts cost about 1.3 (direct), 2.8 (2-hop) and 3.2 (3-hop) CPU-seconds a question (2-core AMD EPYC, one
-    # thread), so 24 of each take 2-3 minutes; that model solved none of 36 3-hop questions x 8 samples
-    filter_questions: tuple = (("world-direct", 32), ("world-2hop", 32))
+    # the curriculum filter's sample of training questions, per type: enough that more than a step's 16 questions
+    # have a correct sample in 8 (from pre_decay: 34 of these 128), so that RL never draws all-wrong groups; the
+    # final SFT model solved none of 36 3-hop questions x 8 samples
+    filter_questions: tuple = (("world-direct", 64), ("world-2hop", 64))
     filter_overrides: tuple = ()
     rl_config: str = "configs/demo_rl.toml"
     rl_overrides: tuple = ()
@@ -113,7 +113,7 @@ QUICK_RL = ("max_steps=2", "prompts_per_step=3", "samples_per_prompt=4", "max_tu
             "probe_every=1", "checkpoint_every=1", 'compile=""')
 PROFILES = {
     "full": Profile("runs/demo", FULL_WORLD, "configs/demo_sft.toml"),
-    "short": Profile("runs/demo", FULL_WORLD, "configs/demo_sft.toml", sft_stop_fraction=2 / 3, suffix="-short",
+    "short": Profile("runs/demo", FULL_WORLD, "configs/demo_sft.toml", sft_stop_fraction=1 / 2, suffix="-short",
                      rl_start="final"),
     "quick": Profile("runs/demo-quick", BuildConfig(worlds=40, trajectories=24, eval_questions=48, mix=MIX),
                      "configs/demo_sft.toml", ("max_steps=200", "global_batch=2048"),
@@ -703,7 +703,7 @@ def main(argv: list[str] | None = None) -> int:
     which.add_argument("--quick", action="store_true",
                        help="smoke run of every stage: small world, 200 SFT steps, small evaluations, 2 RL steps")
     which.add_argument("--short", action="store_true",
-                       help="stop SFT after two thirds of its max_steps: a partial model, headroom for RL")
+                       help="stop SFT after half of its max_steps: a partial model, headroom for RL")
     parser.add_argument("--skip-rl", action="store_true", help="stop after the SFT model's evaluation")
     parser.add_argument("--out", help="output directory (default runs/demo, or runs/demo-quick with --quick)")
     parser.add_argument("--fresh", action="store_true", help="delete the output directory first")
