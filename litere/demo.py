@@ -37,7 +37,7 @@ compute. The demo model trains and is evaluated with DEMO_SYSTEM_PROMPT instead 
 
 --quick is a smoke run of every stage (a small world, 200 steps of SFT, a few questions in each evaluation, a filter
 that keeps every question, 2 RL steps of 3 questions; accuracy stays near zero);
---short stops the same SFT schedule after half of its max_steps (into DIR/sft-short): a partial model, which
+--short stops the same SFT schedule after two thirds of its max_steps (into DIR/sft-short): a partial model, which
 has begun to copy from its context but answers only part of the questions, headroom for RL; the filter, RL and
 evaluations then run from it (DIR/filter-short, rl-short, eval-short, eval-rl-short, report-short);
 --skip-rl stops after the SFT model's evaluation;
@@ -113,7 +113,7 @@ QUICK_RL = ("max_steps=2", "prompts_per_step=3", "samples_per_prompt=4", "max_tu
             "probe_every=1", "checkpoint_every=1", 'compile=""')
 PROFILES = {
     "full": Profile("runs/demo", FULL_WORLD, "configs/demo_sft.toml"),
-    "short": Profile("runs/demo", FULL_WORLD, "configs/demo_sft.toml", sft_stop_fraction=1 / 2, suffix="-short",
+    "short": Profile("runs/demo", FULL_WORLD, "configs/demo_sft.toml", sft_stop_fraction=2 / 3, suffix="-short",
                      rl_start="final"),
     "quick": Profile("runs/demo-quick", BuildConfig(worlds=40, trajectories=24, eval_questions=48, mix=MIX),
                      "configs/demo_sft.toml", ("max_steps=200", "global_batch=2048"),
@@ -703,7 +703,7 @@ def main(argv: list[str] | None = None) -> int:
     which.add_argument("--quick", action="store_true",
                        help="smoke run of every stage: small world, 200 SFT steps, small evaluations, 2 RL steps")
     which.add_argument("--short", action="store_true",
-                       help="stop SFT after half of its max_steps: a partial model, headroom for RL")
+                       help="stop SFT after two thirds of its max_steps: a partial model, headroom for RL")
     parser.add_argument("--skip-rl", action="store_true", help="stop after the SFT model's evaluation")
     parser.add_argument("--out", help="output directory (default runs/demo, or runs/demo-quick with --quick)")
     parser.add_argument("--fresh", action="store_true", help="delete the output directory first")
