@@ -35,8 +35,9 @@ Why a short system prompt: the LiteResearcher prompt (litere/system_prompt.txt) 
 demo's 800-token vocabulary, more than a whole direct-question trajectory; it would take most of the training
 compute. The demo model trains and is evaluated with DEMO_SYSTEM_PROMPT instead (AgentConfig.system_prompt).
 
---quick is a smoke run of every stage (a small world, 200 steps of SFT, a few questions in each evaluation, a filter
-that keeps every question, 2 RL steps of 3 questions; accuracy stays near zero);
+--quick is a smoke run of every stage (a small world, 200 steps of SFT, a few questions in each evaluation with
+1,024-token contexts, a filter that keeps every question, 2 RL steps of 3 questions; accuracy stays near zero; about
+2.5 minutes on 2 cores);
 --short stops the same SFT schedule after two thirds of its max_steps (into DIR/sft-short): a partial model, which
 has begun to copy from its context but answers only part of the questions, headroom for RL; the filter, RL and
 evaluations then run from it (DIR/filter-short, rl-short, eval-short, eval-rl-short, report-short);
@@ -101,6 +102,7 @@ class Profile:
     # learnt to copy reliably: room for RL to show a gain; the decay itself is the continued-SFT control), another
     # export of the SFT run (e.g. "decay_200" with export_during_decay = [200]) or "final"
     rl_start: str = "pre_decay"
+    eval_context_tokens: int = 3072  # the evaluations' context per trajectory (EVAL_AGENT)
 
 
 # Quotas are drawn in the order direct, 2-hop, 3-hop from one generator per world: with 48 = 24 + 16 + 8 questions
@@ -121,7 +123,8 @@ PROFILES = {
                      filter_questions=(("world-direct", 2), ("world-2hop", 2), ("world-3hop", 2)),
                      # a smoke run's model solves next to nothing: keep every question so that RL has some
                      filter_overrides=("min_correct=0", "max_correct=1000"), rl_overrides=QUICK_RL,
-                     probe_questions=1),
+                     # a smoke run's models loop until the context is full: a shorter one bounds its evaluations
+                     probe_questions=1, eval_context_tokens=1024),
 }
 # the agent's limits in the evaluation (a teacher trajectory has 2 tool calls per hop and under 1,000 tokens)
 EVAL_AGENT = dict(mode="eval", max_turns=12, max_response_tokens=None, max_context_tokens=3072,
@@ -342,15 +345,16 @@ def training_summary(run_dir: Path) -> dict:
             "tokens_per_s": sum(r["tokens"] for r in records) / max(seconds, 1e-9),
             "final_loss": sum(r["loss"] for r in tail) / len(tail), "held_out_loss": last.get("eval_loss")}
 def run_eval(name: str, evals: Path, model_dir: Path, questions_file: Path, questions: list, greedy: bool,
-             label: str = "eval") -> dict:
+             context_tokens: int, label: str = "eval") -> dict:
     """The report of evaluate() (eval.py's code) on `questions`, with the trajectories' well-formed fraction;
     reused when this model was already evaluated on the same questions with the same settings."""
     directory = evals / name
-    agent = AgentConfig(system_prompt=DEMO_SYSTEM_PROMPT, **EVAL_AGENT)
+    settings = {**EVAL_AGENT, "max_context_tokens": context_tokens}
+    agent = AgentConfig(system_prompt=DEMO_SYSTEM_PROMPT, **settings)
     params = eval_sampling_params(greedy=greedy, seed=0)
     info = {"model": str(model_dir), "model_stamp": _read_stamp(model_dir.parent),
             "questions": str(questions_file), "question_ids": [q.id for q in questions], "k": 1,
-            "sampling": dataclasses.asdict(params), "agent": {**EVAL_AGENT, "system_prompt": "DEMO_SYSTEM_PROMPT"}}
+            "sampling": dataclasses.asdict(params), "agent": {**settings, "system_prompt": "DEMO_SYSTEM_PROMPT"}}
     if _done(directory, info):
         log(f"{label} ({name}): reusing {directory}")
         return json.loads((directory / "report.json").read_text())
@@ -359,7 +363,7 @@ def run_eval(name: str, evals: Path, model_dir: Path, questions_file: Path, ques
         + ("greedy" if greedy else "the evaluation sampling of docs/protocol.md section 7"))
     model = load_model(model_dir).eval()
     tokenizer = Tokenizer.from_dir(model_dir)
-    sampler = Sampler(model, max_cache_tokens=EVAL_AGENT["max_concurrent"] * EVAL_AGENT["max_context_tokens"],
+    sampler = Sampler(model, max_cache_tokens=EVAL_AGENT["max_concurrent"] * context_tokens,
                       max_num_seqs=EVAL_AGENT["max_concurrent"], stop_token_ids=tokenizer.stop_token_ids, seed=0)
     env = Environments(None, **world_env_settings(questions_file))
     start = time.perf_counter()
@@ -763,9 +767,9 @@ def main(argv: list[str] | None = None) -> int:
         evals = {}
         sft_evals = out / f"eval{profile.suffix}"
         evals["held_out"] = timed("eval_held_out", run_eval, "held_out", sft_evals, model_dir, held_file,
-                                  held_questions, greedy)
+                                  held_questions, greedy, profile.eval_context_tokens)
         evals["training_questions"] = timed("eval_training", run_eval, "training", sft_evals, model_dir, seen_file,
-                                            seen_questions, greedy)
+                                            seen_questions, greedy, profile.eval_context_tokens)
         eval_dirs = [sft_evals]
         if not args.skip_rl:
             start_dir = model_dir.parent / profile.rl_start
@@ -776,7 +780,8 @@ def main(argv: list[str] | None = None) -> int:
             if start_dir != model_dir:
                 start_evals = out / f"eval-{profile.rl_start}{profile.suffix}"
                 evals["start_held_out"] = timed("eval_start_held_out", run_eval, "held_out", start_evals, start_dir,
-                                                held_file, held_questions, greedy, label=f"eval of {start_dir.name}")
+                                                held_file, held_questions, greedy, profile.eval_context_tokens,
+                                                label=f"eval of {start_dir.name}")
                 eval_dirs.append(start_evals)
             model_dir_sft, model_dir = model_dir, start_dir
             fcfg = filter_config(out, profile, model_dir, rl_extra)
@@ -801,9 +806,11 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 rl_evals = out / f"eval-rl{profile.suffix}"
                 evals["rl_held_out"] = timed("eval_rl_held_out", run_eval, "held_out", rl_evals, rl_model,
-                                             held_file, held_questions, greedy, label="eval after RL")
+                                             held_file, held_questions, greedy, profile.eval_context_tokens,
+                                             label="eval after RL")
                 evals["rl_training_questions"] = timed("eval_rl_training", run_eval, "training", rl_evals, rl_model,
-                                                       seen_file, seen_questions, greedy, label="eval after RL")
+                                                       seen_file, seen_questions, greedy, profile.eval_context_tokens,
+                                                       label="eval after RL")
                 eval_dirs.append(rl_evals)
     except (run_config.RunConfigError, ValueError, FileNotFoundError, QuestionFileError, CheckpointError) as e:
         print(f"litere.demo: {e}", file=sys.stderr)
