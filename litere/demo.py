@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -102,7 +103,7 @@ class Profile:
     # learnt to copy reliably: room for RL to show a gain; the decay itself is the continued-SFT control), another
     # export of the SFT run (e.g. "decay_200" with export_during_decay = [200]) or "final"
     rl_start: str = "pre_decay"
-    eval_context_tokens: int = 3072  # the evaluations' context per trajectory (EVAL_AGENT)
+    eval_context_tokens: int | None = None  # the evaluations' context per trajectory (None: EVAL_AGENT's)
 
 
 # Quotas are drawn in the order direct, 2-hop, 3-hop from one generator per world: with 48 = 24 + 16 + 8 questions
@@ -345,11 +346,11 @@ def training_summary(run_dir: Path) -> dict:
             "tokens_per_s": sum(r["tokens"] for r in records) / max(seconds, 1e-9),
             "final_loss": sum(r["loss"] for r in tail) / len(tail), "held_out_loss": last.get("eval_loss")}
 def run_eval(name: str, evals: Path, model_dir: Path, questions_file: Path, questions: list, greedy: bool,
-             context_tokens: int, label: str = "eval") -> dict:
+             label: str = "eval", context_tokens: int | None = None) -> dict:
     """The report of evaluate() (eval.py's code) on `questions`, with the trajectories' well-formed fraction;
     reused when this model was already evaluated on the same questions with the same settings."""
     directory = evals / name
-    settings = {**EVAL_AGENT, "max_context_tokens": context_tokens}
+    settings = {**EVAL_AGENT, "max_context_tokens": context_tokens or EVAL_AGENT["max_context_tokens"]}
     agent = AgentConfig(system_prompt=DEMO_SYSTEM_PROMPT, **settings)
     params = eval_sampling_params(greedy=greedy, seed=0)
     info = {"model": str(model_dir), "model_stamp": _read_stamp(model_dir.parent),
@@ -363,8 +364,8 @@ def run_eval(name: str, evals: Path, model_dir: Path, questions_file: Path, ques
         + ("greedy" if greedy else "the evaluation sampling of docs/protocol.md section 7"))
     model = load_model(model_dir).eval()
     tokenizer = Tokenizer.from_dir(model_dir)
-    sampler = Sampler(model, max_cache_tokens=EVAL_AGENT["max_concurrent"] * context_tokens,
-                      max_num_seqs=EVAL_AGENT["max_concurrent"], stop_token_ids=tokenizer.stop_token_ids, seed=0)
+    sampler = Sampler(model, max_cache_tokens=settings["max_concurrent"] * settings["max_context_tokens"],
+                      max_num_seqs=settings["max_concurrent"], stop_token_ids=tokenizer.stop_token_ids, seed=0)
     env = Environments(None, **world_env_settings(questions_file))
     start = time.perf_counter()
     report = evaluate(model, tokenizer, questions, env, 1, params=params, config=agent, sampler=sampler,
@@ -766,10 +767,11 @@ def main(argv: list[str] | None = None) -> int:
         greedy = not args.sampling
         evals = {}
         sft_evals = out / f"eval{profile.suffix}"
-        evals["held_out"] = timed("eval_held_out", run_eval, "held_out", sft_evals, model_dir, held_file,
-                                  held_questions, greedy, profile.eval_context_tokens)
-        evals["training_questions"] = timed("eval_training", run_eval, "training", sft_evals, model_dir, seen_file,
-                                            seen_questions, greedy, profile.eval_context_tokens)
+        evaluate_model = functools.partial(run_eval, context_tokens=profile.eval_context_tokens)
+        evals["held_out"] = timed("eval_held_out", evaluate_model, "held_out", sft_evals, model_dir, held_file,
+                                  held_questions, greedy)
+        evals["training_questions"] = timed("eval_training", evaluate_model, "training", sft_evals, model_dir, seen_file,
+                                            seen_questions, greedy)
         eval_dirs = [sft_evals]
         if not args.skip_rl:
             start_dir = model_dir.parent / profile.rl_start
@@ -779,9 +781,8 @@ def main(argv: list[str] | None = None) -> int:
                 start_dir = model_dir
             if start_dir != model_dir:
                 start_evals = out / f"eval-{profile.rl_start}{profile.suffix}"
-                evals["start_held_out"] = timed("eval_start_held_out", run_eval, "held_out", start_evals, start_dir,
-                                                held_file, held_questions, greedy, profile.eval_context_tokens,
-                                                label=f"eval of {start_dir.name}")
+                evals["start_held_out"] = timed("eval_start_held_out", evaluate_model, "held_out", start_evals, start_dir,
+                                                held_file, held_questions, greedy, label=f"eval of {start_dir.name}")
                 eval_dirs.append(start_evals)
             model_dir_sft, model_dir = model_dir, start_dir
             fcfg = filter_config(out, profile, model_dir, rl_extra)
@@ -805,12 +806,10 @@ def main(argv: list[str] | None = None) -> int:
                               "the RL model is not evaluated; the same command without it continues the run.")
             else:
                 rl_evals = out / f"eval-rl{profile.suffix}"
-                evals["rl_held_out"] = timed("eval_rl_held_out", run_eval, "held_out", rl_evals, rl_model,
-                                             held_file, held_questions, greedy, profile.eval_context_tokens,
-                                             label="eval after RL")
-                evals["rl_training_questions"] = timed("eval_rl_training", run_eval, "training", rl_evals, rl_model,
-                                                       seen_file, seen_questions, greedy, profile.eval_context_tokens,
-                                                       label="eval after RL")
+                evals["rl_held_out"] = timed("eval_rl_held_out", evaluate_model, "held_out", rl_evals, rl_model,
+                                             held_file, held_questions, greedy, label="eval after RL")
+                evals["rl_training_questions"] = timed("eval_rl_training", evaluate_model, "training", rl_evals, rl_model,
+                                                       seen_file, seen_questions, greedy, label="eval after RL")
                 eval_dirs.append(rl_evals)
     except (run_config.RunConfigError, ValueError, FileNotFoundError, QuestionFileError, CheckpointError) as e:
         print(f"litere.demo: {e}", file=sys.stderr)
