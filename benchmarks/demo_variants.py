@@ -10,10 +10,12 @@ variant (the directory of the first is reused by the others through symbolic lin
     python benchmarks/demo_variants.py                       # all variants, one after the other
     python benchmarks/demo_variants.py --only seed1 avx2     # some of them
     python benchmarks/demo_variants.py --table               # the table of the finished ones
+    python benchmarks/demo_variants.py --whole-names --out runs/variants-whole-names   # the demo's --whole-names
 
 Each variant writes OUT/<name>/report.json (the demo's report); the table gives held-out direct / 2-hop accuracy,
 training-question accuracy, the step where the held-out copy probe started the decay, steps, tokens, training
-minutes and tokens/s. The last line printed is JSON.
+minutes and tokens/s, and where the held-out direct and 2-hop trajectories went wrong (`mistakes`). The last line
+printed is JSON.
 """
 from __future__ import annotations
 
@@ -38,7 +40,7 @@ VARIANTS = {
 SHARED = ("world", "data", "tokenizer")
 
 
-def run_variant(name: str, out: Path, first: Path | None) -> dict:
+def run_variant(name: str, out: Path, first: Path | None, demo_flags: list[str]) -> dict:
     seed, threads, avx2 = VARIANTS[name]
     overrides, env = [f"seed={seed}"], AVX2 if avx2 else {}
     directory = out / name
@@ -48,14 +50,33 @@ def run_variant(name: str, out: Path, first: Path | None) -> dict:
             link = directory / stage
             if not link.exists():
                 link.symlink_to((first / stage).resolve(), target_is_directory=True)
-    command = [sys.executable, "-m", "litere.demo", "--skip-rl", "--out", str(directory), "--threads", str(threads),
-               *overrides]
+    command = [sys.executable, "-m", "litere.demo", "--skip-rl", *demo_flags, "--out", str(directory),
+               "--threads", str(threads), *overrides]
     print(f"[variants] {name}: {' '.join(f'{k}={v}' for k, v in env.items())} {' '.join(command)}", flush=True)
     start = time.perf_counter()
     subprocess.run(command, cwd=REPO, env={**os.environ, **env}, check=True)
     report = json.loads((directory / "report.json").read_text())
     report["variant_seconds"] = time.perf_counter() - start
     return report
+
+
+HOPS = {"world-direct": 1, "world-2hop": 2}
+
+
+def mistakes(trajectories: Path) -> dict:
+    """The held-out direct and 2-hop trajectories by what went wrong: a wrong answer after as many page visits as the
+    question has hops (a copy error), more visits than hops, or fewer."""
+    counts = {"correct": 0, "copy": 0, "more_hops": 0, "fewer_hops": 0}
+    for line in trajectories.read_text().splitlines():
+        record = json.loads(line)
+        hops = HOPS.get(record["data_source"])
+        if hops is None:
+            continue
+        visits = sum(call["name"] == "visit" for call in record["tool_calls"])
+        kind = ("correct" if record["reward"] > 0 else "copy" if visits == hops
+                else "more_hops" if visits > hops else "fewer_hops")
+        counts[kind] += 1
+    return counts
 
 
 def row(name: str, report: dict, out: Path) -> dict:
@@ -67,17 +88,20 @@ def row(name: str, report: dict, out: Path) -> dict:
             "training_direct": seen["direct"]["accuracy"], "training_2hop": seen["2-hop"]["accuracy"],
             "decay_start": sft_metrics[-1].get("decay_start"), "steps": training["steps"],
             "tokens": training["tokens"], "train_minutes": training["seconds"] / 60,
-            "tokens_per_s": training["tokens_per_s"], "well_formed": report["held_out"]["well_formed"]}
+            "tokens_per_s": training["tokens_per_s"], "well_formed": report["held_out"]["well_formed"],
+            "mistakes": mistakes(out / name / "eval" / "held_out" / "trajectories.jsonl")}
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| variant | seed | threads | instructions | held-out direct | held-out 2-hop | training q. direct / 2-hop | decay from step | steps | "
-             "tokens | training | tokens/s |", "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| variant | seed | threads | instructions | held-out direct | held-out 2-hop | training q. direct / 2-hop | "
+             "decay from step | steps | tokens | training | tokens/s | wrong answer, right hops / more hops / fewer |",
+             "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['variant']} | {r['seed']} | {r['threads']} | {r['isa']} | {100 * r['direct']:.1f}% | {100 * r['2-hop']:.1f}% | "
-                     f"{100 * r['training_direct']:.1f}% / {100 * r['training_2hop']:.1f}% | {r['decay_start']} | "
-                     f"{r['steps']:,} | {r['tokens'] / 1e6:.2f}M | {r['train_minutes']:.1f} min | "
-                     f"{r['tokens_per_s']:,.0f} |")
+        m = r["mistakes"]
+        lines.append(f"| {r['variant']} | {r['seed']} | {r['threads']} | {r['isa']} | {100 * r['direct']:.1f}% | "
+                     f"{100 * r['2-hop']:.1f}% | {100 * r['training_direct']:.1f}% / {100 * r['training_2hop']:.1f}% | "
+                     f"{r['decay_start']} | {r['steps']:,} | {r['tokens'] / 1e6:.2f}M | {r['train_minutes']:.1f} min | "
+                     f"{r['tokens_per_s']:,.0f} | {m['copy']} / {m['more_hops']} / {m['fewer_hops']} |")
     return "\n".join(lines)
 
 
@@ -86,13 +110,14 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="runs/variants")
     parser.add_argument("--only", nargs="+", choices=sorted(VARIANTS), help="these variants (default: all)")
     parser.add_argument("--table", action="store_true", help="only print the table of the finished variants")
+    parser.add_argument("--whole-names", action="store_true", help="the demo's --whole-names tokenizer")
     args = parser.parse_args(argv)
     out = (REPO / args.out) if not Path(args.out).is_absolute() else Path(args.out)
     names = args.only or list(VARIANTS)
     if not args.table:
         first = next((out / n for n in VARIANTS if (out / n / "world" / ".stamp").is_file()), None)
         for name in names:
-            run_variant(name, out, first)
+            run_variant(name, out, first, ["--whole-names"] if args.whole_names else [])
             first = first or out / name
     rows = [row(n, json.loads((out / n / "report.json").read_text()), out) for n in VARIANTS
             if n in names and (out / n / "report.json").is_file()]

@@ -9,7 +9,8 @@ then reinforcement learning from rewards alone on harder questions than it was t
 2. data       the teacher trajectories of direct and 2-hop questions with the demo's short system prompt
               (DEMO_SYSTEM_PROMPT); no 3-hop teacher trajectory is ever used
 3. tokenizer  a byte-level BPE with the Qwen3 special tokens, trained on the training text (litere.bpe); numbers
-              are spelt in two-digit tokens, which a small model copies far more reliably than single digits
+              are spelt in two-digit tokens, which a small model copies far more reliably than single digits; with
+              --whole-names, a name is spelt in the same tokens wherever it is written (BENCHMARKS.md, "The demo")
 4. SFT        configs/demo_sft.toml through litere.train.sft, the trainer of `train.py --stage sft` (a fixed number of
               steps; README.md gives the time on 2 cores); exports DIR/sft/final (model and tokenizer)
 5. eval       litere.evaluation.evaluate, the code of eval.py, on the held-out world (direct, 2-hop and 3-hop) and
@@ -283,14 +284,16 @@ def training_texts(data: Path):
                     yield message["content"]
 
 
-def prepare_tokenizer(out: Path, data: Path, vocab_size: int) -> Path:
+def prepare_tokenizer(out: Path, data: Path, vocab_size: int, whole_names: bool = False) -> Path:
     directory = out / "tokenizer"
-    settings = {"data": (data / ".stamp").read_text(), "vocab_size": vocab_size, "digit_pairs": True}
+    settings = {"data": (data / ".stamp").read_text(), "vocab_size": vocab_size, "digit_pairs": True,
+                **({"whole_names": True} if whole_names else {})}
     if _done(directory, settings):
         log(f"tokenizer: reusing {directory}")
         return directory
     start = time.perf_counter()
-    tokenizer = train_tokenizer(training_texts(data), vocab_size, directory, digit_pairs=True)
+    tokenizer = train_tokenizer(training_texts(data), vocab_size, directory, digit_pairs=True,
+                                whole_names=whole_names)
     _mark_done(directory, settings)
     log(f"tokenizer: {tokenizer.vocab_size} tokens trained in {time.perf_counter() - start:.1f}s -> {directory}; "
         f"the system prompt is {len(tokenizer.encode(DEMO_SYSTEM_PROMPT))} tokens")
@@ -710,6 +713,8 @@ def main(argv: list[str] | None = None) -> int:
     which.add_argument("--short", action="store_true",
                        help="stop SFT after two thirds of its max_steps: a partial model, headroom for RL")
     parser.add_argument("--skip-rl", action="store_true", help="stop after the SFT model's evaluation")
+    parser.add_argument("--whole-names", action="store_true",
+                        help="a tokenizer that spells a name in the same tokens in every context (litere.bpe)")
     parser.add_argument("--out", help="output directory (default runs/demo, or runs/demo-quick with --quick)")
     parser.add_argument("--fresh", action="store_true", help="delete the output directory first")
     parser.add_argument("--threads", type=int, help="CPU threads for every stage (default: the SFT config's)")
@@ -757,7 +762,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         world = timed("world", prepare_world, out, profile.world)
         data = timed("data", prepare_data, out, world)
-        tokenizer = timed("tokenizer", prepare_tokenizer, out, data, profile.vocab_size)
+        tokenizer = timed("tokenizer", prepare_tokenizer, out, data, profile.vocab_size, args.whole_names)
         model_dir = timed("sft", run_sft, cfg, data, tokenizer)
         if threads > 0:
             torch.set_num_threads(threads)

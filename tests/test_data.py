@@ -233,3 +233,33 @@ def test_digit_pair_tokenizer_spells_numbers_in_pairs(tmp_path):
     assert tok.decode(tok.encode(text)) == text and tok.encode("<|im_end|>") == [tok.im_end_id]
     with pytest.raises(ValueError, match="digit pairs"):
         train_tokenizer(texts, 300, digit_pairs=True)
+
+
+def name_tokens(tok, text, name):
+    """The tokens that spell `name` in `text`, or None where a token also holds a character around it."""
+    ids = tok.encode(text)
+    lengths = [len(tok.decode([i])) for i in ids]
+    starts = [sum(lengths[:k]) for k in range(len(ids))]
+    ends = [s + n for s, n in zip(starts, lengths)]
+    start = text.index(name)
+    end = start + len(name)
+    if start not in starts or end not in ends:
+        return None
+    return tuple(ids[starts.index(start):ends.index(end) + 1])
+
+
+def test_whole_names_tokenizer_spells_a_name_alike_in_every_context(tmp_path):
+    from litere.bpe import train_tokenizer
+
+    texts = [render(AGENT)] * 5 + ["Thupa Bank was founded by Frond Hok. The page w/frond-hok says Frond Hok founded it."
+                                   ] * 50
+    contexts = ("Who founded {}?", '{{"query": ["{}"]}}', "<answer>{}</answer>", "1. [{}](w/x)", "[Frond Hok](w{})")
+    train_tokenizer(texts, 320, tmp_path / "qwen")
+    train_tokenizer(texts, 320, tmp_path / "whole", whole_names=True)
+    qwen, whole = Tokenizer.from_dir(tmp_path / "qwen"), Tokenizer.from_dir(tmp_path / "whole")
+    for name in ("Frond Hok", "Thupa Bank", "/frond-hok"):
+        spellings = {name_tokens(whole, context.format(name), name) for context in contexts}
+        assert len(spellings) == 1 and None not in spellings, (name, spellings)
+    assert len({name_tokens(qwen, context.format("Frond Hok"), "Frond Hok") for context in contexts}) > 1
+    text = render(AGENT)
+    assert whole.decode(whole.encode(text)) == text

@@ -179,6 +179,16 @@ def test_changed_settings_redo_only_the_stages_they_touch(first_run, capsys):
     assert report["training"]["steps"] == 2
 
 
+def test_whole_names_is_a_tokenizer_stage_of_its_own(first_run, tmp_path, capsys):
+    data = first_run / "data"
+    for whole_names in (False, False, True):
+        demo.prepare_tokenizer(tmp_path, data, 500, whole_names)
+    log = capsys.readouterr().out
+    assert log.count("tokens trained") == 2 and log.count("tokenizer: reusing") == 1
+    tok = Tokenizer.from_dir(tmp_path / "tokenizer")
+    assert tok.encode(" Thupa Bank")[1:] == tok.encode(">Thupa Bank")[1:] == tok.encode('"Thupa Bank')[1:]
+
+
 def test_a_bad_setting_is_reported_before_any_work(tmp_path, capsys):
     assert demo.main(["--quick", "--out", str(tmp_path / "run"), "lr=oops"]) == 2
     assert "lr = 'oops'" in capsys.readouterr().err
