@@ -775,8 +775,8 @@ def main(argv: list[str] | None = None) -> int:
         evaluate_model = functools.partial(run_eval, context_tokens=profile.eval_context_tokens)
         evals["held_out"] = timed("eval_held_out", evaluate_model, "held_out", sft_evals, model_dir, held_file,
                                   held_questions, greedy)
-        evals["training_questions"] = timed("eval_training", evaluate_model, "training", sft_evals, model_dir, seen_file,
-                                            seen_questions, greedy)
+        evals["training_questions"] = timed("eval_training", evaluate_model, "training", sft_evals, model_dir,
+                                            seen_file, seen_questions, greedy)
         eval_dirs = [sft_evals]
         if not args.skip_rl:
             start_dir = model_dir.parent / profile.rl_start
@@ -786,8 +786,9 @@ def main(argv: list[str] | None = None) -> int:
                 start_dir = model_dir
             if start_dir != model_dir:
                 start_evals = out / f"eval-{profile.rl_start}{profile.suffix}"
-                evals["start_held_out"] = timed("eval_start_held_out", evaluate_model, "held_out", start_evals, start_dir,
-                                                held_file, held_questions, greedy, label=f"eval of {start_dir.name}")
+                evals["start_held_out"] = timed("eval_start_held_out", evaluate_model, "held_out", start_evals,
+                                                start_dir, held_file, held_questions, greedy,
+                                                label=f"eval of {start_dir.name}")
                 eval_dirs.append(start_evals)
             model_dir_sft, model_dir = model_dir, start_dir
             fcfg = filter_config(out, profile, model_dir, rl_extra)
@@ -813,8 +814,9 @@ def main(argv: list[str] | None = None) -> int:
                 rl_evals = out / f"eval-rl{profile.suffix}"
                 evals["rl_held_out"] = timed("eval_rl_held_out", evaluate_model, "held_out", rl_evals, rl_model,
                                              held_file, held_questions, greedy, label="eval after RL")
-                evals["rl_training_questions"] = timed("eval_rl_training", evaluate_model, "training", rl_evals, rl_model,
-                                                       seen_file, seen_questions, greedy, label="eval after RL")
+                evals["rl_training_questions"] = timed("eval_rl_training", evaluate_model, "training", rl_evals,
+                                                       rl_model, seen_file, seen_questions, greedy,
+                                                       label="eval after RL")
                 eval_dirs.append(rl_evals)
     except (run_config.RunConfigError, ValueError, FileNotFoundError, QuestionFileError, CheckpointError) as e:
         print(f"litere.demo: {e}", file=sys.stderr)
