@@ -11,6 +11,8 @@ variant (the directory of the first is reused by the others through symbolic lin
     python benchmarks/demo_variants.py --only seed1 avx2     # some of them
     python benchmarks/demo_variants.py --table               # the table of the finished ones
     python benchmarks/demo_variants.py --whole-names --out runs/variants-whole-names   # the demo's --whole-names
+    python benchmarks/demo_variants.py --out runs/variants-kv4 'arch={num_key_value_heads=4}' --only seed2
+                                                             # SFT overrides (before --only), for every variant
 
 Each variant writes OUT/<name>/report.json (the demo's report); the table gives held-out direct / 2-hop accuracy,
 training-question accuracy, the step where the held-out copy probe started the decay, steps, tokens, training
@@ -40,9 +42,9 @@ VARIANTS = {
 SHARED = ("world", "data", "tokenizer")
 
 
-def run_variant(name: str, out: Path, first: Path | None, demo_flags: list[str]) -> dict:
+def run_variant(name: str, out: Path, first: Path | None, demo_flags: list[str], sft_overrides: list[str]) -> dict:
     seed, threads, avx2 = VARIANTS[name]
-    overrides, env = [f"seed={seed}"], AVX2 if avx2 else {}
+    overrides, env = [*sft_overrides, f"seed={seed}"], AVX2 if avx2 else {}
     directory = out / name
     directory.mkdir(parents=True, exist_ok=True)
     if first is not None and first != directory:
@@ -111,13 +113,16 @@ def main(argv=None) -> int:
     parser.add_argument("--only", nargs="+", choices=sorted(VARIANTS), help="these variants (default: all)")
     parser.add_argument("--table", action="store_true", help="only print the table of the finished variants")
     parser.add_argument("--whole-names", action="store_true", help="the demo's --whole-names tokenizer")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="SFT config overrides for every variant (as python -m litere.demo), before --only; "
+                             "use a fresh --out")
     args = parser.parse_args(argv)
     out = (REPO / args.out) if not Path(args.out).is_absolute() else Path(args.out)
     names = args.only or list(VARIANTS)
     if not args.table:
         first = next((out / n for n in VARIANTS if (out / n / "world" / ".stamp").is_file()), None)
         for name in names:
-            run_variant(name, out, first, ["--whole-names"] if args.whole_names else [])
+            run_variant(name, out, first, ["--whole-names"] if args.whole_names else [], args.overrides)
             first = first or out / name
     rows = [row(n, json.loads((out / n / "report.json").read_text()), out) for n in VARIANTS
             if n in names and (out / n / "report.json").is_file()]
