@@ -15,7 +15,7 @@ variant (the directory of the first is reused by the others through symbolic lin
                                                              # SFT overrides (before --only), for every variant
 
 Each variant writes OUT/<name>/report.json (the demo's report); the table gives held-out direct / 2-hop accuracy,
-training-question accuracy, the step where the held-out copy probe started the decay, steps, tokens, training
+training-question accuracy, the steps where the lr began to decay (two after a rewarm), steps, tokens, training
 minutes and tokens/s, and where the held-out direct and 2-hop trajectories went wrong (`mistakes`). The last line
 printed is JSON.
 """
@@ -67,8 +67,9 @@ HOPS = {"world-direct": 1, "world-2hop": 2}
 
 def mistakes(trajectories: Path) -> dict:
     """The held-out direct and 2-hop trajectories by what went wrong: a wrong answer after as many page visits as the
-    question has hops (a copy error), more visits than hops, or fewer."""
-    counts = {"correct": 0, "copy": 0, "more_hops": 0, "fewer_hops": 0}
+    question has hops (a copy error; `copy_number`: of those, the ones whose answer is a number), more visits than
+    hops, or fewer."""
+    counts = {"correct": 0, "copy": 0, "copy_number": 0, "more_hops": 0, "fewer_hops": 0}
     for line in trajectories.read_text().splitlines():
         record = json.loads(line)
         hops = HOPS.get(record["data_source"])
@@ -78,6 +79,8 @@ def mistakes(trajectories: Path) -> dict:
         kind = ("correct" if record["reward"] > 0 else "copy" if visits == hops
                 else "more_hops" if visits > hops else "fewer_hops")
         counts[kind] += 1
+        if kind == "copy" and all(answer.isdigit() for answer in record["answers"]):
+            counts["copy_number"] += 1
     return counts
 
 
@@ -85,10 +88,12 @@ def row(name: str, report: dict, out: Path) -> dict:
     held, seen, training = report["held_out"]["accuracy"], report["training_questions"]["accuracy"], report["training"]
     sft_metrics = [json.loads(line) for line in (out / name / "sft" / "metrics.jsonl").read_text().splitlines()]
     seed, threads, avx2 = VARIANTS[name]
+    decays = sorted({r["decay_start"] for r in sft_metrics if r.get("decay_start") is not None
+                     and r["decay_start"] < r["step"]})  # more than one after a rewarm
     return {"variant": name, "seed": seed, "threads": threads, "isa": "AVX2 (emulated)" if avx2 else "native",
             "direct": held["direct"]["accuracy"], "2-hop": held["2-hop"]["accuracy"],
             "training_direct": seen["direct"]["accuracy"], "training_2hop": seen["2-hop"]["accuracy"],
-            "decay_start": sft_metrics[-1].get("decay_start"), "steps": training["steps"],
+            "decay_starts": decays, "steps": training["steps"],
             "tokens": training["tokens"], "train_minutes": training["seconds"] / 60,
             "tokens_per_s": training["tokens_per_s"], "well_formed": report["held_out"]["well_formed"],
             "mistakes": mistakes(out / name / "eval" / "held_out" / "trajectories.jsonl")}
@@ -96,14 +101,16 @@ def row(name: str, report: dict, out: Path) -> dict:
 
 def table(rows: list[dict]) -> str:
     lines = ["| variant | seed | threads | instructions | held-out direct | held-out 2-hop | training q. direct / 2-hop | "
-             "decay from step | steps | tokens | training | tokens/s | wrong answer, right hops / more hops / fewer |",
+             "decay from step | steps | tokens | training | tokens/s | wrong answer, right hops (a number) / more hops / "
+             "fewer |",
              "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         m = r["mistakes"]
         lines.append(f"| {r['variant']} | {r['seed']} | {r['threads']} | {r['isa']} | {100 * r['direct']:.1f}% | "
                      f"{100 * r['2-hop']:.1f}% | {100 * r['training_direct']:.1f}% / {100 * r['training_2hop']:.1f}% | "
-                     f"{r['decay_start']} | {r['steps']:,} | {r['tokens'] / 1e6:.2f}M | {r['train_minutes']:.1f} min | "
-                     f"{r['tokens_per_s']:,.0f} | {m['copy']} / {m['more_hops']} / {m['fewer_hops']} |")
+                     f"{', '.join(map(str, r['decay_starts']))} | {r['steps']:,} | {r['tokens'] / 1e6:.2f}M | {r['train_minutes']:.1f} min | "
+                     f"{r['tokens_per_s']:,.0f} | {m['copy']} ({m.get('copy_number', '?')}) / {m['more_hops']} / "
+                     f"{m['fewer_hops']} |")
     return "\n".join(lines)
 
 

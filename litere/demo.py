@@ -120,7 +120,8 @@ PROFILES = {
     "short": Profile("runs/demo", FULL_WORLD, "configs/demo_sft.toml", sft_stop_fraction=2 / 3, suffix="-short",
                      rl_start="final"),
     "quick": Profile("runs/demo-quick", BuildConfig(worlds=40, trajectories=24, eval_questions=48, mix=MIX),
-                     "configs/demo_sft.toml", ("max_steps=200", "global_batch=2048"),
+                     # a smoke run ends before numbers are learnt: no second decay
+                     "configs/demo_sft.toml", ("max_steps=200", "global_batch=2048", "rewarm_when_held_out_above=0"),
                      held_out_questions=12, training_questions=6,
                      filter_questions=(("world-direct", 2), ("world-2hop", 2), ("world-3hop", 2)),
                      # a smoke run's model solves next to nothing: keep every question so that RL has some
@@ -298,6 +299,13 @@ def prepare_tokenizer(out: Path, data: Path, vocab_size: int, whole_names: bool 
     log(f"tokenizer: {tokenizer.vocab_size} tokens trained in {time.perf_counter() - start:.1f}s -> {directory}; "
         f"the system prompt is {len(tokenizer.encode(DEMO_SYSTEM_PROMPT))} tokens")
     return directory
+
+
+def budget_overrides(minutes: float) -> list[str]:
+    """SFT overrides for a time budget: the clock's warmup and cosine replace the step schedule, its held-out decay
+    trigger, its rewarm and its exports (RL then starts from the final model)."""
+    return [f"budget_minutes={minutes}", "max_steps=0", "decay_steps=0", "decay_when_held_out_below=0",
+            "rewarm_when_held_out_above=0", "export_before_decay=false", "export_during_decay=[]"]
 
 
 def sft_config(out: Path, profile: Profile, extra: list[str]) -> sft.SFTConfig:
@@ -733,7 +741,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         extra.append(f"threads={args.threads}")
     if args.budget_minutes is not None:
-        extra += [f"budget_minutes={args.budget_minutes}", "max_steps=0"]
+        extra += budget_overrides(args.budget_minutes)
 
     started = time.perf_counter()
     try:  # every config is checked before any work

@@ -139,11 +139,11 @@ def plot_sft(metrics: Path, out_png: Path) -> Path:
     records = read_metrics(metrics)
     fig, (ax,) = _figure()
     title = "SFT: training and held-out loss"
-    losses = [series(records, key) for key in ("loss", "eval_loss", "eval_copy_loss")]
+    losses = [series(records, key) for key in ("loss", "eval_loss", "eval_copy_loss", "eval_number_loss")]
     if not any(steps for steps, _ in losses):
         _no_data(ax, title)
         return _save(fig, out_png)
-    (steps, loss), held_out, copy = losses
+    (steps, loss), held_out, copy, number = losses
     if steps:
         window = min(MOVING_AVERAGE_MAX, max(1, len(loss) // 20))
         if window > 1:
@@ -158,6 +158,9 @@ def plot_sft(metrics: Path, out_png: Path) -> Path:
     if copy[0]:
         ax.plot(*copy, color="C2", marker="s", markersize=4, linewidth=1.5, linestyle="--",
                 label="held-out loss, copy targets")
+    if number[0]:
+        ax.plot(*number, color="C4", marker="^", markersize=4, linewidth=1.5, linestyle=":",
+                label="held-out loss, digits")
     if all(v > 0 for _, values in losses for v in values):
         ax.set_yscale("log")
         ax.yaxis.set_major_formatter(PlainLogFormatter())
@@ -170,9 +173,11 @@ def plot_sft(metrics: Path, out_png: Path) -> Path:
 
 
 def _decay_line(ax, records: list[dict]):
-    decay = _number(records[-1].get("decay_start"))
-    if decay is not None and decay < records[-1]["step"]:
-        ax.axvline(decay, color="#5a6275", linestyle=":", linewidth=1.2, label=f"lr decay starts (step {decay:g})")
+    """A vertical line where each decay started (a rewarmed run has more than one)."""
+    starts = sorted({d for r in records if (d := _number(r.get("decay_start"))) is not None and d < r["step"]})
+    for i, decay in enumerate(starts):
+        label = f"lr decay starts (step {decay:g})" if i == 0 else f"lr decays again (step {decay:g})"
+        ax.axvline(decay, color="#5a6275", linestyle=":" if i == 0 else "-.", linewidth=1.2, label=label)
 
 
 def _lr_axis(ax, records: list[dict]) -> list:

@@ -197,6 +197,14 @@ def test_a_bad_setting_is_reported_before_any_work(tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
+def test_a_time_budget_replaces_the_step_schedule_and_the_smoke_run_has_no_rewarm(tmp_path):
+    full = demo.sft_config(tmp_path, demo.PROFILES["full"], [])
+    assert full.max_steps > 0 and full.rewarm_when_held_out_above > 0
+    timed = demo.sft_config(tmp_path, demo.PROFILES["full"], demo.budget_overrides(2.5))
+    assert (timed.budget_minutes, timed.max_steps, timed.decay_steps, timed.rewarm_when_held_out_above) == (2.5, 0, 0, 0)
+    assert demo.sft_config(tmp_path, demo.PROFILES["quick"], []).rewarm_when_held_out_above == 0
+
+
 @pytest.mark.slow
 def test_the_quick_profile_runs_every_stage(tmp_path, capsys):
     """`python -m litere.demo --quick` as a user runs it (the 3.4M model, 200 SFT steps): under 3 minutes on 2

@@ -67,6 +67,20 @@ def test_each_plot_writes_a_png(tmp_path):
     assert_png(out)
 
 
+def test_the_sft_plot_shows_the_digits_loss_and_marks_each_decay(tmp_path, monkeypatch):
+    records = sft_records()
+    for r in records:
+        if r["step"] > 50:
+            r["decay_start"] = 52  # a rewarm at step 50: the second decay starts at 52
+        if "eval_loss" in r:
+            r["eval_number_loss"] = r["loss"] * 3
+    figures, save = [], report._save
+    monkeypatch.setattr(report, "_save", lambda fig, out: figures.append(fig) or save(fig, out))
+    assert_png(report.plot_sft(write_jsonl(tmp_path / "sft.jsonl", records), tmp_path / "sft.png"))
+    labels = [line.get_label() for line in figures[0].axes[0].get_lines()]
+    assert {"lr decay starts (step 40)", "lr decays again (step 52)", "held-out loss, digits"} <= set(labels)
+
+
 @pytest.mark.parametrize("records", [
     [{"step": 1, "loss": 2.0}],                                       # a single record, one key
     [{"step": 0, "probe": {"world-direct": 0.5}}],                    # RL step 0: only the probe

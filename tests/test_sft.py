@@ -126,6 +126,18 @@ def test_warmup_hold_decay_schedule_and_an_earlier_decay():
     assert (early.decay_start, early(1)) == (2, 1.0)
 
 
+def test_a_rewarm_ramps_back_to_the_peak_and_decays_again():
+    schedule = sft.WarmupHoldDecay(total_steps=20, warmup_steps=2, decay_steps=4, min_ratio=0.1)
+    with pytest.raises(ValueError, match="where the decay ends"):
+        schedule.rewarm(18)
+    schedule.rewarm(20)
+    assert (schedule.rewarm_starts, schedule.decay_start, schedule.end_step) == ([20], 22, 26)
+    assert [schedule(s) for s in (20, 21, 22)] == [pytest.approx(0.55), 1.0, 1.0]
+    assert schedule(24) == pytest.approx(0.55) and schedule(26) == pytest.approx(0.1)
+    schedule.start_decay(23)  # the probe that starts the first decay has no say after a rewarm
+    assert schedule.end_step == 26
+
+
 def test_copy_targets_are_pairs_seen_earlier_in_the_conversation_and_never_in_training():
     from litere.train.sft_data import MicroBatch
     ids = torch.tensor([5, 7, 8, 5, 7, 8, 5, 7, 8, 9])  # two conversations: [5 7 8 5 7 8] and [5 7 8 9]
@@ -136,14 +148,19 @@ def test_copy_targets_are_pairs_seen_earlier_in_the_conversation_and_never_in_tr
     assert sft.copy_targets(batch, known).tolist() == [False, False, False, False, True, False, False, False, False]
 
 
-def run_with_copy_losses(data_dir, run_dir, monkeypatch, copy_losses: dict, **settings):
-    """A run whose held-out copy loss at step s is copy_losses[s] (5.0 where not given)."""
+def run_with_copy_losses(data_dir, run_dir, monkeypatch, copy_losses: dict, number_losses: dict | None = None,
+                         **settings):
+    """A run whose held-out copy loss at step s is copy_losses[s] (5.0 where not given), and with number_losses
+    its number loss number_losses[s] (0.0 where not given)."""
     real = sft.held_out_loss
 
     def scripted(model, held_out, env, autocast_dtype):
         result = real(model, held_out, env, autocast_dtype)
         step = len(metrics(run_dir)) + 1 if (run_dir / "metrics.jsonl").exists() else 1
-        return {**result, "eval_copy_loss": copy_losses.get(step, 5.0)}
+        result["eval_copy_loss"] = copy_losses.get(step, 5.0)
+        if number_losses is not None:
+            result["eval_number_loss"] = number_losses.get(step, 0.0)
+        return result
 
     monkeypatch.setattr(sft, "held_out_loss", scripted)
     settings = {"export": False, **settings}
@@ -179,6 +196,56 @@ def test_the_models_before_and_during_the_decay_are_exported_on_request(data_dir
     assert sorted(p.name for p in (tmp_path / "run").iterdir() if "decay" in p.name) == ["decay_2", "pre_decay"]
 
 
+def test_a_decay_that_ends_before_numbers_are_learnt_is_run_again(data_dir, tmp_path, monkeypatch):
+    rewarm = dict(rewarm_when_held_out_above=1.0, export_before_decay=True)
+    # the decay starts after step 4 and ends at 7; the number loss is 2.0 there, so the lr goes back up over the
+    # warmup's 2 steps and decays again over 3: the run ends at step 12, and a second rewarm is not allowed
+    by_step = run_with_copy_losses(data_dir, tmp_path / "run", monkeypatch, {4: 0.3}, {7: 2.0, 12: 2.0}, **rewarm)
+    assert list(by_step) == list(range(1, 13))
+    records = metrics(tmp_path / "run")
+    lrs = [r["lr"] for r in records]
+    assert lrs[6] < lrs[7] < lrs[8] == lrs[9] == 3e-3 > lrs[10] > lrs[11]  # step s + 1's: ramp, peak, decay
+    assert records[-1]["decay_start"] == 9 and records[-1]["eval_number_loss"] == 2.0
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "decays again (rewarm 1 of 1), the run ends at step 12" in log and log.count("decays again") == 1
+    assert sorted(p.name for p in (tmp_path / "run").iterdir() if "decay" in p.name) == ["pre_decay"]
+    learnt = run_with_copy_losses(data_dir, tmp_path / "learnt", monkeypatch, {4: 0.3}, {7: 0.5}, **rewarm)
+    plain = run_with_copy_losses(data_dir, tmp_path / "plain", monkeypatch, {4: 0.3}, {7: 0.5})
+    assert list(learnt) == [1, 2, 3, 4, 5, 6, 7] and learnt == plain  # below the threshold: the run is unchanged
+
+
+def test_a_run_resumed_inside_a_rewarm_equals_an_uninterrupted_one(data_dir, tmp_path, monkeypatch):
+    numbers, rewarm = {7: 2.0}, dict(rewarm_when_held_out_above=1.0)
+    reference = run_with_copy_losses(data_dir, tmp_path / "reference", monkeypatch, {4: 0.3}, numbers, **rewarm)
+    monkeypatch.undo()
+    run_dir = tmp_path / "crashed"
+    crash_in_step(monkeypatch, 10)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_with_copy_losses(data_dir, run_dir, monkeypatch, {4: 0.3}, numbers, checkpoint_every=8, **rewarm)
+    monkeypatch.undo()
+    resumed = run_with_copy_losses(data_dir, run_dir, monkeypatch, {}, {}, checkpoint_every=8, **rewarm)
+    assert "resumed from" in (run_dir / "train.log").read_text()
+    assert list(resumed) == list(reference) == list(range(1, 13))
+    for step in reference:
+        assert resumed[step] == pytest.approx(reference[step], abs=1e-6)
+
+
+def test_a_rewarm_needs_a_decay_and_a_held_out_set(data_dir, tmp_path):
+    with pytest.raises(run_config.RunConfigError, match="needs decay_steps, eval_files"):
+        run(data_dir, tmp_path / "run", max_steps=10, rewarm_when_held_out_above=0.5)
+    with pytest.raises(run_config.RunConfigError, match="rewarm_probe"):
+        run(data_dir, tmp_path / "run", max_steps=10, rewarm_probe="eval_digits")
+
+
+def test_number_tokens_are_the_digit_tokens(data_dir):
+    tok = Tokenizer.from_dir(data_dir / "tok")
+    flags = sft.number_tokens(tok)
+    assert len(flags) == tok.vocab_size and flags.any()
+    for i in range(tok.vocab_size):
+        text = tok.decode([i]).lstrip(" ")
+        assert flags[i] == (text != "" and all(c in "0123456789" for c in text)), repr(text)
+
+
 def test_exports_during_the_decay_must_be_steps_inside_it(tmp_path):
     for bad in ([0], [3], [-1], [True]):
         with pytest.raises(run_config.RunConfigError, match="export_during_decay"):
@@ -209,7 +276,8 @@ def test_eval_limit_takes_the_first_conversations(data_dir, tmp_path):
     run(data_dir, tmp_path / "run", max_steps=1, export=False, eval_files=[str(data_dir / "eval.jsonl")],
         eval_limit=3)
     assert "the first 3 are used" in (tmp_path / "run" / "train.log").read_text()
-    assert metrics(tmp_path / "run")[-1]["eval_copy_share"] >= 0
+    last = metrics(tmp_path / "run")[-1]
+    assert last["eval_copy_share"] >= 0 and (last["eval_number_loss"] is None or last["eval_number_loss"] > 0)
 
 
 def test_step_flops_counts_matmuls_and_causal_attention():

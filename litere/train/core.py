@@ -128,26 +128,38 @@ class WarmupCosine:
 class WarmupHoldDecay:
     """LR multiplier: linear warmup, the peak held, then cosine to min_ratio over the last `decay_steps`
     (warmup-stable-decay). `start_decay(step)` moves the decay earlier, to start after `step` (the trainer calls it
-    when a held-out probe says the model is ready); without it the decay starts at total_steps - decay_steps. The
-    run ends where the decay does (`end_step`). The decision is this object's state, which the scheduler's
-    state_dict (and so a checkpoint) keeps."""
+    when a held-out probe says the model is ready); without it the decay starts at total_steps - decay_steps.
+    `rewarm(step)` at the end of a decay begins another cycle: back up to the peak over the warmup's length, then
+    the same decay again (the trainer calls it when a held-out probe says the model has not learnt what it should).
+    The run ends where the last decay does (`end_step`). The decisions are this object's state, which the
+    scheduler's state_dict (and so a checkpoint) keeps."""
 
     def __init__(self, total_steps: int, warmup_steps: int, decay_steps: int, min_ratio: float):
         self.warmup_steps, self.decay_steps, self.min_ratio = warmup_steps, decay_steps, min_ratio
         self.decay_start = max(warmup_steps, total_steps - decay_steps)
         self.decay_triggered_at = None
+        self.rewarm_starts: list[int] = []
 
     @property
     def end_step(self) -> int:
         return self.decay_start + self.decay_steps
 
     def start_decay(self, step: int):
-        if self.decay_triggered_at is None and step < self.decay_start:
+        if self.decay_triggered_at is None and not self.rewarm_starts and step < self.decay_start:
             self.decay_start = self.decay_triggered_at = max(step, self.warmup_steps)
+
+    def rewarm(self, step: int):
+        if step != self.end_step:
+            raise ValueError(f"a rewarm starts where the decay ends (step {self.end_step}), not at step {step}")
+        self.rewarm_starts.append(step)
+        self.decay_start = step + max(1, self.warmup_steps)
 
     def __call__(self, step: int) -> float:
         if step < self.warmup_steps:
             return (step + 1) / self.warmup_steps
+        if self.rewarm_starts and step < self.decay_start:
+            ramp = (step - self.rewarm_starts[-1] + 1) / (self.decay_start - self.rewarm_starts[-1])
+            return self.min_ratio + (1 - self.min_ratio) * ramp
         progress = min(1.0, max(0, step - self.decay_start) / max(1, self.decay_steps))
         return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 

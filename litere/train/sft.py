@@ -29,6 +29,9 @@ from .distributed import DistEnv
 from .sft_data import BatchPlanner, DataPosition, MicroBatch, SFTDataset, load_sft_dataset
 
 
+PROBES = ("eval_loss", "eval_copy_loss", "eval_number_loss")  # held-out losses a schedule can act on
+
+
 @dataclass
 class SFTConfig(TrainerConfig):
     run_dir: str = "runs/sft"
@@ -62,10 +65,17 @@ class SFTConfig(TrainerConfig):
     decay_steps: int = 0
     # > 0 (with decay_steps, eval_files, eval_every and max_steps): the decay starts as soon as the held-out probe
     # `decay_probe` is below this value, and the run ends decay_steps later; max_steps bounds the run (the decay then
-    # starts decay_steps before it). Probes: eval_loss (the supervised targets) or eval_copy_loss (the targets only
-    # copying from the context predicts: new names and numbers, see copy_targets)
+    # starts decay_steps before it). Probes: eval_loss (the supervised targets), eval_copy_loss (the targets only
+    # copying from the context predicts: new names and numbers, see copy_targets) or eval_number_loss (the targets
+    # that are digit tokens: a small model learns to copy numbers last)
     decay_when_held_out_below: float = 0.0
     decay_probe: str = "eval_loss"
+    # > 0 (with decay_steps, eval_files): when a decay ends with the held-out `rewarm_probe` still above this value,
+    # the lr goes back up to the peak (over the warmup's steps) and decays again over decay_steps, at most
+    # `max_rewarms` times: a run whose decay came too early for it gets another one instead of ending half-trained
+    rewarm_when_held_out_above: float = 0.0
+    rewarm_probe: str = "eval_number_loss"
+    max_rewarms: int = 1
     # with decay_steps: also export the model as it is when the decay starts, to run_dir/pre_decay (a branch point
     # for other continuations, e.g. reinforcement learning from a model that has not been annealed)
     export_before_decay: bool = False
@@ -77,11 +87,18 @@ class SFTConfig(TrainerConfig):
         super().__post_init__()
         for key, allowed in {"overlong": ("truncate", "drop"), "bad_lines": ("fail", "skip"),
                              "think_layout": ("normalize", "reject"), "batch_unit": ("sequences", "tokens"),
-                             "decay_probe": ("eval_loss", "eval_copy_loss")}.items():
+                             "decay_probe": PROBES, "rewarm_probe": PROBES}.items():
             check_choice(self, key, allowed)
         check_positive(self, "cutoff_len", "pack_tokens", "global_batch", "epochs")
         check_non_negative(self, "max_steps", "eval_every", "eval_limit", "decay_steps",
-                           "decay_when_held_out_below")
+                           "decay_when_held_out_below", "rewarm_when_held_out_above", "max_rewarms")
+        if self.rewarm_when_held_out_above > 0:
+            missing = [k for k, ok in (("decay_steps", self.decay_steps > 0), ("eval_files", bool(self.eval_files)))
+                       if not ok]
+            if missing:
+                raise run_config.RunConfigError(
+                    f"rewarm_when_held_out_above={self.rewarm_when_held_out_above} needs {', '.join(missing)} "
+                    "(the decay to repeat, and the held-out probe that decides it)", key="rewarm_when_held_out_above")
         if self.decay_when_held_out_below > 0:
             missing = [k for k, ok in (("decay_steps", self.decay_steps > 0), ("eval_files", bool(self.eval_files)),
                                        ("eval_every", self.eval_every > 0), ("max_steps", self.max_steps > 0)) if not ok]
@@ -181,31 +198,46 @@ def copy_targets(batch: MicroBatch, known_pairs: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(copy)
 
 
+def number_tokens(tokenizer: Tokenizer) -> np.ndarray:
+    """A flag per token id: the token is digits (after an optional space)."""
+    texts = (tokenizer.decode([i]).lstrip(" ") for i in range(tokenizer.vocab_size))
+    return np.array([t.isascii() and t.isdigit() for t in texts])
+
+
 @dataclass
 class HeldOut:
-    """The evaluation set as one planned step, and the token pairs of the training data (for the copy split)."""
+    """The evaluation set as one planned step, the token pairs of the training data (for the copy split) and the
+    flags of the digit tokens (for the number split)."""
     planner: BatchPlanner
     known_pairs: np.ndarray
+    numbers: np.ndarray
 
 
 def held_out_loss(model, held_out: HeldOut, env: DistEnv, autocast_dtype: torch.dtype | None) -> dict:
     """Token-mean losses over the evaluation set (the planner's single step), without gradients: `eval_loss` over
     the supervised targets, split into `eval_copy_loss` (targets only copying predicts, see copy_targets) and
-    `eval_other_loss`, with `eval_copy_share` (the copy targets' share of the supervised ones)."""
+    `eval_other_loss`, with `eval_copy_share` (the copy targets' share of the supervised ones); and
+    `eval_number_loss` over the supervised targets that are digits (None where there are none)."""
     batch = held_out.planner.batch(DataPosition(), env.rank, env.world_size)
-    sums = torch.zeros(4, dtype=torch.float64, device=env.device)  # copy nll, copy count, other nll, other count
+    # copy nll, copy count, other nll, other count, number nll, number count
+    sums = torch.zeros(6, dtype=torch.float64, device=env.device)
     with torch.no_grad():
         for micro in batch.micro_batches:
             supervised = micro.weights.nonzero().squeeze(1)
-            copy = (copy_targets(micro, held_out.known_pairs)[supervised] if len(supervised)
-                    else torch.zeros(1, dtype=torch.bool))  # token_nll scores one dummy target then
+            if len(supervised):
+                copy = copy_targets(micro, held_out.known_pairs)[supervised]
+                number = torch.from_numpy(held_out.numbers[micro.targets[supervised].numpy()])
+            else:  # token_nll scores one dummy target then
+                copy = number = torch.zeros(1, dtype=torch.bool)
             nll, weights = token_nll(model, micro, env.device, autocast_dtype)
-            nll, weights, copy = nll.double() * weights, weights.double(), copy.to(env.device).double()
+            nll, weights = nll.double() * weights, weights.double()
+            copy, number = copy.to(env.device).double(), number.to(env.device).double()
             sums += torch.stack([(nll * copy).sum(), (weights * copy).sum(), (nll * (1 - copy)).sum(),
-                                 (weights * (1 - copy)).sum()])
-    c_nll, c_n, o_nll, o_n = distributed.all_reduce_sum(sums, env).tolist()
+                                 (weights * (1 - copy)).sum(), (nll * number).sum(), (weights * number).sum()])
+    c_nll, c_n, o_nll, o_n, n_nll, n_n = distributed.all_reduce_sum(sums, env).tolist()
     return {"eval_loss": (c_nll + o_nll) / max(1.0, c_n + o_n), "eval_copy_loss": c_nll / c_n if c_n else None,
-            "eval_other_loss": o_nll / max(1.0, o_n), "eval_copy_share": c_n / max(1.0, c_n + o_n)}
+            "eval_other_loss": o_nll / max(1.0, o_n), "eval_copy_share": c_n / max(1.0, c_n + o_n),
+            "eval_number_loss": n_nll / n_n if n_n else None}
 
 
 # --- the run ------------------------------------------------------------------------------------------------------
@@ -277,7 +309,7 @@ def _train(cfg: SFTConfig, env: DistEnv) -> Path:
             distributed.set_gradient_sync(model, i == len(batch.micro_batches) - 1)
             nll += micro_step(model, micro, scale, env.device, autocast_dtype, cfg.context_loss_weight).double()
         loss = float(distributed.all_reduce_sum(nll, env)) / batch.supervised_tokens
-        lr = scheduler.get_last_lr()[0]
+        lr = optimizer.param_groups[0]["lr"]
         if clock:
             clock.elapsed_s = budget_before + agreed_seconds(time.perf_counter() - started, env)
             out_of_time = clock.elapsed_s >= clock.budget_s
@@ -298,20 +330,30 @@ def _train(cfg: SFTConfig, env: DistEnv) -> Path:
             record["train_s"] = round(clock.elapsed_s, 2)
         if held_out and (step >= stop_step() or out_of_time or (cfg.eval_every > 0 and step % cfg.eval_every == 0)):
             record.update(held_out_loss(model, held_out, env, autocast_dtype))
-            copy = record["eval_copy_loss"]
+            copy, number = record["eval_copy_loss"], record["eval_number_loss"]
             log.info(f"step {step}: held-out loss {record['eval_loss']:.4f} (copy targets "
-                     + (f"{copy:.4f}, {record['eval_copy_share']:.1%} of them)" if copy is not None else "none)"))
+                     + (f"{copy:.4f}, {record['eval_copy_share']:.1%} of them" if copy is not None else "none")
+                     + (f"; digits {number:.4f})" if number is not None else "; no digits)"))
             probe = record[cfg.decay_probe]
             if probe is not None and probe < cfg.decay_when_held_out_below and schedule.decay_triggered_at is None:
                 schedule.start_decay(step)
                 if schedule.decay_triggered_at is not None:
                     log.info(f"step {step}: the held-out {cfg.decay_probe} is below {cfg.decay_when_held_out_below:g}; "
                              f"the lr decays from here, the run ends at step {stop_step()}")
+            if _needs_rewarm(cfg, schedule, step, record[cfg.rewarm_probe]):
+                schedule.rewarm(step)
+                for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs):
+                    group["lr"] = base_lr * schedule(step)  # the next step is the ramp's first, not the decay's last
+                log.info(f"step {step}: the decay has ended with the held-out {cfg.rewarm_probe} at "
+                         f"{record[cfg.rewarm_probe]:.4f}, above {cfg.rewarm_when_held_out_above:g}; the lr goes back "
+                         f"up to the peak and decays again (rewarm {len(schedule.rewarm_starts)} of "
+                         f"{cfg.max_rewarms}), the run ends at step {stop_step()}")
         if isinstance(schedule, WarmupHoldDecay):
             record["decay_start"] = schedule.decay_start
-            if cfg.export_before_decay and step == schedule.decay_start:
+            first_decay = not schedule.rewarm_starts  # the exports are of the first decay
+            if cfg.export_before_decay and step == schedule.decay_start and first_decay:
                 export(cfg, model, mcfg, run_dir, tokenizer, tokenizer_dir, env, log, name="pre_decay")
-            if step - schedule.decay_start in cfg.export_during_decay:
+            if step - schedule.decay_start in cfg.export_during_decay and first_decay:
                 export(cfg, model, mcfg, run_dir, tokenizer, tokenizer_dir, env, log,
                        name=f"decay_{step - schedule.decay_start}")
         last = step >= stop_step() or out_of_time
@@ -329,6 +371,14 @@ def _train(cfg: SFTConfig, env: DistEnv) -> Path:
         export(cfg, model, mcfg, run_dir, tokenizer, tokenizer_dir, env, log)
     return run_dir
 
+
+
+def _needs_rewarm(cfg: SFTConfig, schedule, step: int, probe: float | None) -> bool:
+    """The decay ends at this step with the rewarm probe above its threshold, and a rewarm is left."""
+    return (cfg.rewarm_when_held_out_above > 0 and isinstance(schedule, WarmupHoldDecay) and step == schedule.end_step
+            and len(schedule.rewarm_starts) < cfg.max_rewarms and probe is not None
+            and probe > cfg.rewarm_when_held_out_above
+            and not (cfg.stop_after_steps > 0 and step >= cfg.stop_after_steps))
 
 
 def _load_data(cfg: SFTConfig, tokenizer: Tokenizer, log: RunLog) -> tuple[BatchPlanner, HeldOut | None]:
@@ -349,7 +399,7 @@ def _load_data(cfg: SFTConfig, tokenizer: Tokenizer, log: RunLog) -> tuple[Batch
     log.info(f"eval data: {eval_stats.summary()}" + (f"; the first {len(eval_set)} are used" if cfg.eval_limit else ""))
     known = np.unique(token_pairs(dataset.tokens[:-1], dataset.tokens[1:]))
     return planner, HeldOut(BatchPlanner(eval_set, global_batch=len(eval_set), unit="sequences",
-                                         pack_tokens=cfg.pack_tokens, seed=cfg.seed), known)
+                                         pack_tokens=cfg.pack_tokens, seed=cfg.seed), known, number_tokens(tokenizer))
 
 
 def _progress_line(log: RunLog, record: dict, last_step: int, elapsed: float, steps_done: int,
