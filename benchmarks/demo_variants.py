@@ -30,6 +30,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from litere.report import decay_starts, read_metrics  # noqa: E402
+
 AVX2 = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 # name: (seed, threads, AVX2 emulated)
 VARIANTS = {
@@ -86,14 +90,12 @@ def mistakes(trajectories: Path) -> dict:
 
 def row(name: str, report: dict, out: Path) -> dict:
     held, seen, training = report["held_out"]["accuracy"], report["training_questions"]["accuracy"], report["training"]
-    sft_metrics = [json.loads(line) for line in (out / name / "sft" / "metrics.jsonl").read_text().splitlines()]
     seed, threads, avx2 = VARIANTS[name]
-    decays = sorted({r["decay_start"] for r in sft_metrics if r.get("decay_start") is not None
-                     and r["decay_start"] < r["step"]})  # more than one after a rewarm
     return {"variant": name, "seed": seed, "threads": threads, "isa": "AVX2 (emulated)" if avx2 else "native",
             "direct": held["direct"]["accuracy"], "2-hop": held["2-hop"]["accuracy"],
             "training_direct": seen["direct"]["accuracy"], "training_2hop": seen["2-hop"]["accuracy"],
-            "decay_starts": decays, "steps": training["steps"],
+            "decay_starts": decay_starts(read_metrics(out / name / "sft" / "metrics.jsonl")),
+            "steps": training["steps"],
             "tokens": training["tokens"], "train_minutes": training["seconds"] / 60,
             "tokens_per_s": training["tokens_per_s"], "well_formed": report["held_out"]["well_formed"],
             "mistakes": mistakes(out / name / "eval" / "held_out" / "trajectories.jsonl")}
@@ -108,8 +110,9 @@ def table(rows: list[dict]) -> str:
         m = r["mistakes"]
         lines.append(f"| {r['variant']} | {r['seed']} | {r['threads']} | {r['isa']} | {100 * r['direct']:.1f}% | "
                      f"{100 * r['2-hop']:.1f}% | {100 * r['training_direct']:.1f}% / {100 * r['training_2hop']:.1f}% | "
-                     f"{', '.join(map(str, r['decay_starts']))} | {r['steps']:,} | {r['tokens'] / 1e6:.2f}M | {r['train_minutes']:.1f} min | "
-                     f"{r['tokens_per_s']:,.0f} | {m['copy']} ({m.get('copy_number', '?')}) / {m['more_hops']} / "
+                     f"{', '.join(f'{d:g}' for d in r['decay_starts'])} | {r['steps']:,} | {r['tokens'] / 1e6:.2f}M | "
+                     f"{r['train_minutes']:.1f} min | "
+                     f"{r['tokens_per_s']:,.0f} | {m['copy']} ({m['copy_number']}) / {m['more_hops']} / "
                      f"{m['fewer_hops']} |")
     return "\n".join(lines)
 

@@ -172,10 +172,14 @@ def plot_sft(metrics: Path, out_png: Path) -> Path:
     return _save(fig, out_png)
 
 
+def decay_starts(records: list[dict]) -> list:
+    """The steps where the SFT lr began to decay (more than one after a rewarm), from metrics records."""
+    return sorted({d for r in records if (d := _number(r.get("decay_start"))) is not None and d < r["step"]})
+
+
 def _decay_line(ax, records: list[dict]):
-    """A vertical line where each decay started (a rewarmed run has more than one)."""
-    starts = sorted({d for r in records if (d := _number(r.get("decay_start"))) is not None and d < r["step"]})
-    for i, decay in enumerate(starts):
+    """A vertical line where each decay started."""
+    for i, decay in enumerate(decay_starts(records)):
         label = f"lr decay starts (step {decay:g})" if i == 0 else f"lr decays again (step {decay:g})"
         ax.axvline(decay, color="#5a6275", linestyle=":" if i == 0 else "-.", linewidth=1.2, label=label)
 

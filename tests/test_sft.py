@@ -230,6 +230,18 @@ def test_a_run_resumed_inside_a_rewarm_equals_an_uninterrupted_one(data_dir, tmp
         assert resumed[step] == pytest.approx(reference[step], abs=1e-6)
 
 
+def test_a_run_stopped_where_its_decay_ends_continues_into_the_rewarm(data_dir, tmp_path, monkeypatch):
+    numbers, rewarm = {7: 2.0}, dict(rewarm_when_held_out_above=1.0)
+    reference = run_with_copy_losses(data_dir, tmp_path / "reference", monkeypatch, {4: 0.3}, numbers, **rewarm)
+    run_dir = tmp_path / "stopped"
+    stopped = run_with_copy_losses(data_dir, run_dir, monkeypatch, {4: 0.3}, numbers, stop_after_steps=7, **rewarm)
+    assert list(stopped) == list(range(1, 8))
+    continued = run_with_copy_losses(data_dir, run_dir, monkeypatch, {}, {}, **rewarm)
+    assert list(continued) == list(reference) == list(range(1, 13))
+    for step in reference:
+        assert continued[step] == pytest.approx(reference[step], abs=1e-6)
+
+
 def test_a_rewarm_needs_a_decay_and_a_held_out_set(data_dir, tmp_path):
     with pytest.raises(run_config.RunConfigError, match="needs decay_steps, eval_files"):
         run(data_dir, tmp_path / "run", max_steps=10, rewarm_when_held_out_above=0.5)
@@ -277,7 +289,7 @@ def test_eval_limit_takes_the_first_conversations(data_dir, tmp_path):
         eval_limit=3)
     assert "the first 3 are used" in (tmp_path / "run" / "train.log").read_text()
     last = metrics(tmp_path / "run")[-1]
-    assert last["eval_copy_share"] >= 0 and (last["eval_number_loss"] is None or last["eval_number_loss"] > 0)
+    assert last["eval_copy_share"] >= 0 and last["eval_number_loss"] > 0
 
 
 def test_step_flops_counts_matmuls_and_causal_attention():

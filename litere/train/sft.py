@@ -377,8 +377,7 @@ def _needs_rewarm(cfg: SFTConfig, schedule, step: int, probe: float | None) -> b
     """The decay ends at this step with the rewarm probe above its threshold, and a rewarm is left."""
     return (cfg.rewarm_when_held_out_above > 0 and isinstance(schedule, WarmupHoldDecay) and step == schedule.end_step
             and len(schedule.rewarm_starts) < cfg.max_rewarms and probe is not None
-            and probe > cfg.rewarm_when_held_out_above
-            and not (cfg.stop_after_steps > 0 and step >= cfg.stop_after_steps))
+            and probe > cfg.rewarm_when_held_out_above)
 
 
 def _load_data(cfg: SFTConfig, tokenizer: Tokenizer, log: RunLog) -> tuple[BatchPlanner, HeldOut | None]:
