@@ -50,4 +50,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from litere.train import distributed
+    distributed.exit_process(main())

@@ -1,5 +1,8 @@
 """FSDP2 under torchrun (2 gloo processes on the CPU) against one plain process."""
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -10,7 +13,7 @@ from litere.train import distributed, sft
 from litere.train.sft_data import load_sft_dataset
 from litere.weights import load_model
 from model_utils import hf_twin
-from sft_helpers import losses, make_data, metrics, run_python, run_train, tiny_overrides
+from sft_helpers import REPO, losses, make_data, metrics, run_python, run_train, tiny_overrides
 
 SETTINGS = dict(max_steps=5, checkpoint_every=2, pack_tokens=512)
 
@@ -19,7 +22,7 @@ SETTINGS = dict(max_steps=5, checkpoint_every=2, pack_tokens=512)
 PROBE = """
 import json, os, sys
 from litere import run_config
-from litere.train import sft
+from litere.train import distributed, sft
 
 steps, real_micro_step, real_optimizer_step = [[]], sft.micro_step, sft.optimizer_step
 
@@ -38,6 +41,7 @@ cfg = run_config.load(sft.SFTConfig, None, sys.argv[1:])
 sft.train(cfg)
 with open(os.path.join(cfg.run_dir, f"probe_rank{os.environ['RANK']}.json"), "w") as f:
     json.dump(steps[:-1], f)
+distributed.exit_process(0)
 """
 
 
@@ -148,3 +152,13 @@ def test_gradients_are_reduced_once_per_step_after_the_last_micro_batch(uneven):
         assert [len(step) for step in steps] == micro_batches
         for step in steps:
             assert [m["has_grad"] for m in step] == [[False]] * (len(step) - 1) + [[True]]
+
+
+def test_a_torchrun_worker_exits_with_its_code_and_its_output_flushed():
+    script = "import sys; from litere.train import distributed; print('done', end=''); print('warn', end='', " \
+             "file=sys.stderr); distributed.exit_process(3)"
+    plain = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "PYTHONUNBUFFERED")}
+    for env in ({**plain, "WORLD_SIZE": "1", "RANK": "0"}, plain):
+        result = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
+                                timeout=120)
+        assert (result.returncode, result.stdout, result.stderr) == (3, "done", "warn"), env.get("RANK")

@@ -2,12 +2,13 @@
 was finished and written is not redone, and the output equals an uninterrupted run's (no duplicate, nothing
 missing, the same tokens). The killed run is a real process stopped by SIGKILL once its output holds a few lines
 (for rollout.py and eval.py an odd number: a question is cut between its samples); a torn last line is added as a
-kill in the middle of a write would leave it. The uninterrupted run and the rerun run in this process, while the killed one starts."""
+kill in the middle of a write would leave it. The uninterrupted run and the rerun run in this process, after the
+killed one (run side by side, the uninterrupted run's hold on the GIL could keep the watcher away until the killed
+run had finished)."""
 import json
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -47,40 +48,28 @@ def files(tmp_path_factory):
     return root
 
 
-class Killer:
-    """Runs `cmd` (a fresh Python process) and SIGKILLs it, from a thread, as soon as `ready(bytes of path)`.
+def run_and_kill(cmd: list[str], path: Path, ready, log: Path) -> bytes:
+    """Runs `cmd` (a fresh Python process), SIGKILLs it as soon as `ready(bytes of path)` and returns those bytes
+    (checked: killed by SIGKILL, in the middle).
 
-    The process runs in slices of a few milliseconds: it is stopped (SIGSTOP) while its output is read, so however
-    busy the machine, it cannot finish unseen between two looks."""
-
-    def __init__(self, cmd: list[str], path: Path, ready, log: Path):
-        self.path, self.ready, self.log = path, ready, log
-        with open(log, "wb") as err:
-            self.proc = subprocess.Popen([sys.executable, *cmd], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err)
-        self.seen, self.killed = b"", False
-        self.thread = threading.Thread(target=self._watch, daemon=True)
-        self.thread.start()
-
-    def _watch(self):
-        deadline = time.monotonic() + 300
-        while self.proc.poll() is None and time.monotonic() < deadline:
-            self.proc.send_signal(signal.SIGSTOP)
-            data = self.path.read_bytes() if self.path.is_file() else b""
-            if self.ready(data):
-                self.proc.send_signal(signal.SIGKILL)
-                self.seen, self.killed = data, True
-                break
-            self.proc.send_signal(signal.SIGCONT)
-            time.sleep(0.003)
-        self.proc.wait()
-
-    def result(self) -> bytes:
-        """The output as it was when the process was killed (checked: killed by SIGKILL, in the middle)."""
-        self.thread.join()
-        assert self.killed and self.proc.returncode == -signal.SIGKILL, (
-            f"the process ended before it could be killed (rc {self.proc.returncode}):\n"
-            + self.log.read_text()[-2000:])
-        return self.seen
+    The process runs in slices of a millisecond or so: it is stopped (SIGSTOP) while its output is read, so however
+    busy the machine, it runs on only while it is watched."""
+    with open(log, "wb") as err:
+        proc = subprocess.Popen([sys.executable, *cmd], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err)
+    deadline, seen = time.monotonic() + 300, None
+    while proc.poll() is None and time.monotonic() < deadline:
+        proc.send_signal(signal.SIGSTOP)
+        data = path.read_bytes() if path.is_file() else b""
+        if ready(data):
+            proc.send_signal(signal.SIGKILL)
+            seen = data
+            break
+        proc.send_signal(signal.SIGCONT)
+        time.sleep(0.001)
+    proc.wait()
+    assert seen is not None and proc.returncode == -signal.SIGKILL, (
+        f"the process ended before it could be killed (rc {proc.returncode}):\n" + log.read_text()[-2000:])
+    return seen
 
 
 def odd_lines_at_least(k: int):
@@ -132,10 +121,9 @@ def test_rollout_killed_and_rerun_equals_an_uninterrupted_run(files, tmp_path, c
     import rollout
 
     out = tmp_path / "killed.jsonl"
-    killer = Killer(["rollout.py", *rollout_args(files, out)], out, odd_lines_at_least(3), tmp_path / "log")
+    before = run_and_kill(["rollout.py", *rollout_args(files, out)], out, odd_lines_at_least(3), tmp_path / "log")
     rollout.main(rollout_args(files, tmp_path / "whole.jsonl"))
     whole = read_lines(tmp_path / "whole.jsonl")
-    before = killer.result()
     with out.open("ab") as f:  # as a kill in the middle of a write leaves it
         f.write(json.dumps(whole[0])[:100].encode())
     capsys.readouterr()
@@ -215,10 +203,9 @@ def test_eval_killed_and_rerun_equals_an_uninterrupted_run(files, tmp_path):
     import eval as eval_script
 
     out = tmp_path / "killed"
-    killer = Killer(["eval.py", *eval_args(files, out)], out / "trajectories.jsonl", odd_lines_at_least(3),
-                    tmp_path / "log")
+    before = run_and_kill(["eval.py", *eval_args(files, out)], out / "trajectories.jsonl", odd_lines_at_least(3),
+                          tmp_path / "log")
     eval_script.main(eval_args(files, tmp_path / "whole"))
-    before = killer.result()
     assert not (out / "report.json").exists()
     with (out / "trajectories.jsonl").open("ab") as f:
         f.write(b'{"question_id": "k0')
@@ -283,10 +270,9 @@ def test_filter_killed_and_rerun_equals_an_uninterrupted_run(tmp_path):
             return ["--stage", "filter", "--config", str(config), f"out_dir={json.dumps(str(out))}"]
 
         out = tmp_path / "killed"
-        killer = Killer(["train.py", *command(out)], out / "passes.rank0.jsonl",
-                        lambda data: 2 <= data.count(b"\n") < 12, tmp_path / "log")
+        before = run_and_kill(["train.py", *command(out)], out / "passes.rank0.jsonl",
+                              lambda data: 2 <= data.count(b"\n") < 12, tmp_path / "log")
         assert train.main(command(tmp_path / "whole")) == 0
-        before = killer.result()
         with (out / "passes.rank0.jsonl").open("ab") as f:
             f.write(b'{"id": "q1", "correct"')
         assert train.main(command(out)) == 0

@@ -1,8 +1,6 @@
 """The RL stages end to end on CPU: a toy task learnt from rewards alone (GRPO and PPO), on-policy identities,
 trainer = sampler logprobs, weight sync, 2 processes = 1, killed and resumed = uninterrupted, bad input."""
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -18,7 +16,7 @@ from litere.train.distributed import DistEnv
 from litere.weights import load_model
 from model_utils import random_model, small_config
 from rl_helpers import make_toy, metrics, rl_config, rl_overrides
-from sft_helpers import REPO
+from sft_helpers import REPO, run_python
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -119,16 +117,8 @@ def test_rollout_weights_copy_follows_the_policy():
 
 
 # --- distribution and resume -------------------------------------------------------------------------------------
-def run_train(args, nproc=0, timeout=600):
-    import os
-
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
-                                                           "MASTER_PORT")}
-    env["OMP_NUM_THREADS"] = "1"
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc \
-        else [sys.executable]
-    return subprocess.run([*launcher, str(REPO / "train.py"), *args], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+def run_train(args, nproc=0):
+    return run_python([str(REPO / "train.py"), *args], nproc, timeout=600)
 
 
 def test_two_processes_give_the_step_of_one(toy, tmp_path):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import sys
 import warnings
 from dataclasses import dataclass
 
@@ -36,9 +37,13 @@ class DistEnv:
         return self.rank == 0
 
 
+def launched_by_torchrun() -> bool:
+    return "WORLD_SIZE" in os.environ and "RANK" in os.environ
+
+
 def init(device: str = "auto", timeout_minutes: float = 30.0) -> DistEnv:
     """Join torchrun's process group if launched by torchrun; pick this rank's device."""
-    launched = "WORLD_SIZE" in os.environ and "RANK" in os.environ
+    launched = launched_by_torchrun()
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -61,6 +66,19 @@ def init(device: str = "auto", timeout_minutes: float = 30.0) -> DistEnv:
 def shutdown(env: DistEnv):
     if env.distributed and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def exit_process(code: int):
+    """End the process with `code`. A torchrun worker ends at once, without the interpreter's teardown: gloo's
+    worker threads free a finished collective's tensors after the caller has been told it is done, freeing a tensor
+    that Python has seen takes the GIL, and a thread that asks for it while the interpreter finalizes is unwound
+    through a noexcept destructor. The process then aborts ("terminate called without an active exception") after
+    a run that succeeded. The run's files are closed by then; stdout and stderr are flushed here."""
+    if launched_by_torchrun():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 def barrier(env: DistEnv):
