@@ -105,6 +105,7 @@ class Profile:
     # export of the SFT run (e.g. "decay_200" with export_during_decay = [200]) or "final"
     rl_start: str = "pre_decay"
     eval_context_tokens: int | None = None  # the evaluations' context per trajectory (None: EVAL_AGENT's)
+    eval_compile: str = "default"  # the evaluations' sampler compiles its decode step ("": eager)
 
 
 # Quotas are drawn in the order direct, 2-hop, 3-hop from one generator per world: with 48 = 24 + 16 + 8 questions
@@ -127,10 +128,12 @@ PROFILES = {
                      # a smoke run's model solves next to nothing: keep every question so that RL has some
                      filter_overrides=("min_correct=0", "max_correct=1000"), rl_overrides=QUICK_RL,
                      # a smoke run's models loop until the context is full: a shorter one bounds its evaluations
-                     probe_questions=1, eval_context_tokens=1024),
+                     probe_questions=1, eval_context_tokens=1024, eval_compile=""),
 }
-# the agent's limits in the evaluation (a teacher trajectory has 2 tool calls per hop and under 1,000 tokens)
-EVAL_AGENT = dict(mode="eval", max_turns=12, max_response_tokens=None, max_context_tokens=3072,
+# the agent's limits in the evaluation: a teacher trajectory has 2 tool calls per hop and under 1,000 tokens, and
+# no correct trajectory of the demo's models has been longer than 925; a longer one repeats its tool calls until
+# the context is full (up to a quarter of the RL model's), and its end only costs time
+EVAL_AGENT = dict(mode="eval", max_turns=12, max_response_tokens=None, max_context_tokens=2048,
                   final_answer_tokens=128, max_concurrent=64)
 
 
@@ -357,7 +360,7 @@ def training_summary(run_dir: Path) -> dict:
             "tokens_per_s": sum(r["tokens"] for r in records) / max(seconds, 1e-9),
             "final_loss": sum(r["loss"] for r in tail) / len(tail), "held_out_loss": last.get("eval_loss")}
 def run_eval(name: str, evals: Path, model_dir: Path, questions_file: Path, questions: list, greedy: bool,
-             label: str = "eval", context_tokens: int | None = None) -> dict:
+             label: str = "eval", context_tokens: int | None = None, compile: str = "") -> dict:
     """The report of evaluate() (eval.py's code) on `questions`, with the trajectories' well-formed fraction;
     reused when this model was already evaluated on the same questions with the same settings."""
     directory = evals / name
@@ -366,7 +369,8 @@ def run_eval(name: str, evals: Path, model_dir: Path, questions_file: Path, ques
     params = eval_sampling_params(greedy=greedy, seed=0)
     info = {"model": str(model_dir), "model_stamp": _read_stamp(model_dir.parent),
             "questions": str(questions_file), "question_ids": [q.id for q in questions], "k": 1,
-            "sampling": dataclasses.asdict(params), "agent": {**settings, "system_prompt": "DEMO_SYSTEM_PROMPT"}}
+            "sampling": dataclasses.asdict(params), "agent": {**settings, "system_prompt": "DEMO_SYSTEM_PROMPT"},
+            "compile": compile}
     if _done(directory, info):
         log(f"{label} ({name}): reusing {directory}")
         return json.loads((directory / "report.json").read_text())
@@ -376,7 +380,8 @@ def run_eval(name: str, evals: Path, model_dir: Path, questions_file: Path, ques
     model = load_model(model_dir).eval()
     tokenizer = Tokenizer.from_dir(model_dir)
     sampler = Sampler(model, max_cache_tokens=settings["max_concurrent"] * settings["max_context_tokens"],
-                      max_num_seqs=settings["max_concurrent"], stop_token_ids=tokenizer.stop_token_ids, seed=0)
+                      max_num_seqs=settings["max_concurrent"], stop_token_ids=tokenizer.stop_token_ids, seed=0,
+                      compile=compile or None)
     env = Environments(None, **world_env_settings(questions_file))
     start = time.perf_counter()
     report = evaluate(model, tokenizer, questions, env, 1, params=params, config=agent, sampler=sampler,
@@ -780,7 +785,8 @@ def main(argv: list[str] | None = None) -> int:
         greedy = not args.sampling
         evals = {}
         sft_evals = out / f"eval{profile.suffix}"
-        evaluate_model = functools.partial(run_eval, context_tokens=profile.eval_context_tokens)
+        evaluate_model = functools.partial(run_eval, context_tokens=profile.eval_context_tokens,
+                                           compile=profile.eval_compile)
         evals["held_out"] = timed("eval_held_out", evaluate_model, "held_out", sft_evals, model_dir, held_file,
                                   held_questions, greedy)
         evals["training_questions"] = timed("eval_training", evaluate_model, "training", sft_evals, model_dir,
