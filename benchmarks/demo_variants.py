@@ -7,7 +7,7 @@ oneDNN held to AVX2, which also stands in for an AVX2-only machine: torch then h
 `precision = "auto"` trains in fp32, as such a machine does). The world, data and tokenizer are the same for every
 variant (the directory of the first is reused by the others through symbolic links).
 
-    python benchmarks/demo_variants.py                       # all variants, one after the other
+    python benchmarks/demo_variants.py                       # all nine variants, one after the other
     python benchmarks/demo_variants.py --only seed1 avx2     # some of them
     python benchmarks/demo_variants.py --table               # the table of the finished ones
     python benchmarks/demo_variants.py --whole-names --out runs/variants-whole-names   # the demo's --whole-names
@@ -42,6 +42,11 @@ VARIANTS = {
     "seed2": (2, 1, False),
     "avx2": (0, 1, True),
     "avx2-threads2": (0, 2, True),
+    # more paths, each trained from scratch with the recipe as it is now
+    "seed3": (3, 1, False),
+    "seed4": (4, 1, False),
+    "seed5": (5, 1, False),
+    "avx2-seed1": (1, 2, True),
 }
 SHARED = ("world", "data", "tokenizer")
 

@@ -1,10 +1,12 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from litere import run_config
 from litere.train import sft
+from litere.train.distributed import DistEnv
 from litere.train.sft_data import BatchPlanner, DataPosition, load_sft_dataset, pack_documents
 from litere.tokenizer import Tokenizer
 from model_utils import random_model, small_config
@@ -245,8 +247,41 @@ def test_a_run_stopped_where_its_decay_ends_continues_into_the_rewarm(data_dir, 
 def test_a_rewarm_needs_a_decay_and_a_held_out_set(data_dir, tmp_path):
     with pytest.raises(run_config.RunConfigError, match="needs decay_steps, eval_files"):
         run(data_dir, tmp_path / "run", max_steps=10, rewarm_when_held_out_above=0.5)
+    with pytest.raises(run_config.RunConfigError, match="needs max_rewarms"):
+        run(data_dir, tmp_path / "run", max_steps=10, decay_steps=4, eval_files=[str(data_dir / "eval.jsonl")],
+            rewarm_when_held_out_above=0.5, max_rewarms=0)
     with pytest.raises(run_config.RunConfigError, match="rewarm_probe"):
         run(data_dir, tmp_path / "run", max_steps=10, rewarm_probe="eval_digits")
+
+
+def test_held_out_losses_are_token_means_over_their_kinds_of_target(data_dir):
+    """held_out_loss on a packed evaluation step against each conversation scored alone: all supervised targets,
+    the digit targets, and the copy targets (no pair known from training: every pair seen earlier in its
+    conversation) with the rest."""
+    tok = Tokenizer.from_dir(data_dir / "tok")
+    held, _ = load_sft_dataset([data_dir / "eval.jsonl"], tok, cutoff_len=512)
+    known = sft.token_pairs(held.tokens[:0], held.tokens[:0])
+    numbers = sft.number_tokens(tok)
+    planner = BatchPlanner(held, global_batch=len(held), unit="sequences", pack_tokens=1024, seed=0)
+    model = random_model(small_config(vocab_size=tok.vocab_size)).eval()
+    result = sft.held_out_loss(model, sft.HeldOut(planner, known, numbers), DistEnv(), None)
+    nll, number, copy = [], [], []
+    with torch.no_grad():
+        for i in range(len(held)):
+            tokens, labels = held.document(i)
+            doc = pack_documents(held, [i])
+            supervised = labels[1:].astype(bool)
+            logprobs = model(doc.input_ids, doc.positions, targets=doc.targets)
+            nll.append(-logprobs[torch.from_numpy(supervised)])
+            number.append(torch.from_numpy(numbers[tokens[1:][supervised]]))
+            copy.append(sft.copy_targets(doc, known)[torch.from_numpy(supervised)])
+    nll, number, copy = torch.cat(nll).double(), torch.cat(number), torch.cat(copy)
+    assert 0 < number.sum() < len(number) and 0 < copy.sum() < len(copy)
+    assert result["eval_loss"] == pytest.approx(nll.mean().item(), rel=1e-5)
+    assert result["eval_number_loss"] == pytest.approx(nll[number].mean().item(), rel=1e-5)
+    assert result["eval_copy_loss"] == pytest.approx(nll[copy].mean().item(), rel=1e-5)
+    assert result["eval_other_loss"] == pytest.approx(nll[~copy].mean().item(), rel=1e-5)
+    assert result["eval_copy_share"] == pytest.approx(copy.double().mean().item())
 
 
 def test_number_tokens_are_the_digit_tokens(data_dir):
@@ -256,6 +291,7 @@ def test_number_tokens_are_the_digit_tokens(data_dir):
     for i in range(tok.vocab_size):
         text = tok.decode([i]).lstrip(" ")
         assert flags[i] == (text != "" and all(c in "0123456789" for c in text)), repr(text)
+    assert all(flags[tok.encode(" founded Ixo in 1907.")[-3:-1]]) and not any(flags[tok.encode(" Kara Voss")])
 
 
 def test_exports_during_the_decay_must_be_steps_inside_it(tmp_path):

@@ -93,12 +93,13 @@ class SFTConfig(TrainerConfig):
         check_non_negative(self, "max_steps", "eval_every", "eval_limit", "decay_steps",
                            "decay_when_held_out_below", "rewarm_when_held_out_above", "max_rewarms")
         if self.rewarm_when_held_out_above > 0:
-            missing = [k for k, ok in (("decay_steps", self.decay_steps > 0), ("eval_files", bool(self.eval_files)))
-                       if not ok]
+            missing = [k for k, ok in (("decay_steps", self.decay_steps > 0), ("eval_files", bool(self.eval_files)),
+                                       ("max_rewarms", self.max_rewarms > 0)) if not ok]
             if missing:
                 raise run_config.RunConfigError(
                     f"rewarm_when_held_out_above={self.rewarm_when_held_out_above} needs {', '.join(missing)} "
-                    "(the decay to repeat, and the held-out probe that decides it)", key="rewarm_when_held_out_above")
+                    "(the decay to repeat, the held-out probe that decides it, and at least one rewarm)",
+                    key="rewarm_when_held_out_above")
         if self.decay_when_held_out_below > 0:
             missing = [k for k, ok in (("decay_steps", self.decay_steps > 0), ("eval_files", bool(self.eval_files)),
                                        ("eval_every", self.eval_every > 0), ("max_steps", self.max_steps > 0)) if not ok]
