@@ -20,7 +20,7 @@ Settings (each prints tables; the last line of the output is JSON):
          `--shape tiny` runs the same code on the CPU.
 
 Timing. litere: RLRun's own per-phase seconds (weight sync, rollout, reward, old logprobs, update; metrics.jsonl
-"seconds"), the step's wall time, and process CPU time per phase (a subclass of RLRun around `rollout`, `_old_pass`,
+"seconds"; old logprobs is 0 where the update's forward gives π_old, litere/rl/loop.py), the step's wall time, and process CPU time per phase (a subclass of RLRun around `rollout`, `_old_pass`,
 `_update`). TRL: a subclass of GRPOTrainer times its own methods (no change to what they do): `_generate_single_turn`
 (transformers' `generate`, every turn: the rollout), `_calculate_rewards` (reward), the rest of
 `_generate_and_score_completions` ("prepare": tokenising, padding, advantages, tool calls); a TrainerCallback times
@@ -701,13 +701,15 @@ def run_shape(args, work: Path) -> dict:
     for r in records:
         row = {"step_s": r["wall_s"], "split": our_split(r), "rollout_tokens_per_s": r["tokens_per_s"]["rollout"],
                "update_tokens_per_s": r["tokens_per_s"]["update"],
-               "old_logprobs_tokens_per_s": r["tokens_per_s"]["old_logprobs"],
+               "old_logprobs_tokens_per_s": r["tokens_per_s"].get("old_logprobs"),
                "weight_sync_s": r["seconds"]["weight_sync"], "generation_share": r["generation_share"],
                "peak_memory_gb": r.get("peak_memory_gb"), "update_tflops": flops / r["seconds"]["update"] / 1e12}
         if peak:
             row["update_mfu"] = flops / r["seconds"]["update"] / peak
-            # the no-grad old-logprob pass is a third of a training pass
-            row["train_mfu"] = flops * 4 / 3 / (r["seconds"]["update"] + r["seconds"]["old_logprobs"]) / peak
+            # the no-grad old-logprob pass (when the step runs one) is a third of a training pass
+            old_pass = r["seconds"].get("old_logprobs")
+            train_flops = flops * 4 / 3 if old_pass is not None else flops
+            row["train_mfu"] = train_flops / (r["seconds"]["update"] + (old_pass or 0.0)) / peak
         rows.append(row)
     return {"setting": "shape", "shape": args.shape, "device": args.device, "prompts": args.prompts, "n": args.n,
             "tokens": args.tokens, "prompt_tokens": statistics.mean(lengths) - args.tokens,

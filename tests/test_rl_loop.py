@@ -44,11 +44,34 @@ def test_a_small_policy_learns_the_rewarded_word(toy, tmp_path, algo):
 def test_on_policy_step_has_ratio_one_and_no_importance_correction(toy, tmp_path):
     loop.train(rl_config(toy, run_dir=str(tmp_path), max_steps=2, export=False))
     for m in metrics(tmp_path):
-        assert m["ratio_mean"] == pytest.approx(1.0, abs=1e-6)
+        assert m["ratio_mean"] == 1.0  # π_old is the update's own forward, detached
         assert m["clip_low_fraction"] == m["clip_high_fraction"] == m["dual_clip_fraction"] == 0
         assert m["tis_weight_mean"] == pytest.approx(1.0, abs=1e-4) and m["veto_fraction"] == 0
         assert m["logprob_diff_max"] < 1e-4
-        assert set(m["seconds"]) == {"weight_sync", "rollout", "reward", "old_logprobs", "update"}
+        assert set(m["seconds"]) == {"weight_sync", "rollout", "reward", "update"}
+
+
+@pytest.mark.parametrize("settings", [{}, {"rollout_dtype": "bf16", "tis_cap": 1.002, "tis_veto": 0.99}])
+def test_taking_pi_old_from_the_update_trains_as_a_pass_of_its_own(toy, tmp_path, monkeypatch, settings):
+    """One optimizer step per batch and nothing else scored: the update's forward gives π_old and the TIS weights
+    (second case: bf16 rollouts, so that weights differ from 1, some are capped and some sequences vetoed). The
+    same run with the no-grad pass."""
+    run = dict(max_steps=3, **settings)
+    loop.train(rl_config(toy, run_dir=str(tmp_path / "fused"), **run))
+    monkeypatch.setattr(loop.RLRun, "old_from_update", property(lambda self: False))
+    loop.train(rl_config(toy, run_dir=str(tmp_path / "pass"), **run))
+    fused, separate = metrics(tmp_path / "fused")[1:], metrics(tmp_path / "pass")[1:]
+    assert all("old_logprobs" in m["seconds"] for m in separate)
+    assert not settings or any(m["veto_fraction"] > 0 for m in fused)
+    for a, b in zip(fused, separate, strict=True):
+        assert a["reward_mean"] == b["reward_mean"] and a["trained_tokens"] == b["trained_tokens"]
+        for key in ("policy_loss", "grad_norm", "tis_weight_mean", "veto_fraction", "logprob_diff_mean",
+                    "ratio_mean", "entropy"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-6), key
+    one = load_model(tmp_path / "fused" / "final", dtype=torch.float32)
+    two = load_model(tmp_path / "pass" / "final", dtype=torch.float32)
+    for (key, x), y in zip(one.state_dict().items(), two.state_dict().values()):
+        torch.testing.assert_close(y, x, atol=1e-6, rtol=1e-5, msg=key)
 
 
 # --- trainer and sampler agree -----------------------------------------------------------------------------------
@@ -121,9 +144,11 @@ def run_train(args, nproc=0):
     return run_python([str(REPO / "train.py"), *args], nproc, timeout=600)
 
 
-def test_two_processes_give_the_step_of_one(toy, tmp_path):
-    """3 questions per step over 2 ranks: uneven groups; the same rewards, losses, grad norms and weights."""
-    settings = dict(prompts_per_step=3, max_steps=2, mini_batches=2, pack_tokens=256)
+@pytest.mark.parametrize("questions", [3, 1])
+def test_two_processes_give_the_step_of_one(toy, tmp_path, questions):
+    """3 questions per step over 2 ranks: uneven groups; 1: a rank with no sample at all, whose metrics must still
+    meet the other rank's. The same rewards, losses, grad norms and weights."""
+    settings = dict(prompts_per_step=questions, max_steps=2, mini_batches=2, pack_tokens=256)
     loop.train(rl_config(toy, run_dir=str(tmp_path / "one"), **settings))
     result = run_train(["--stage", "rl1", *rl_overrides(toy, run_dir=str(tmp_path / "two"), **settings)], nproc=2)
     assert result.returncode == 0, result.stderr[-4000:]

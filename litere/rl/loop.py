@@ -7,7 +7,10 @@ One step:
 3. reward      the judge scores each trajectory's answer
 4. advantages  GRPO: per group (r - mean) / (std + 1e-6) (or r - mean); PPO: GAE over the critic's values
 5. old pass    one no-grad trainer forward gives the sampled tokens' logprobs at the sampling temperature:
-               the ratio's denominator and, against the sampler's own logprobs, the TIS weights
+               the ratio's denominator and, against the sampler's own logprobs, the TIS weights. Skipped when the
+               step makes one optimizer step and scores nothing else (ppo_epochs = mini_batches = 1, no KL
+               reference, no critic): the update's forward runs the same weights, so its detached logprobs are
+               π_old, and the TIS weights are computed there
 6. update      ppo_epochs x mini_batches optimizer steps of the clipped surrogate (loss.py), each normalised over
                its global mini-batch (all ranks, all micro-batches)
 7. log, dump the step's trajectories, checkpoint
@@ -210,12 +213,15 @@ class RLRun:
                 samples.append(sample)
                 sample_groups.append(g)
         plan = self._plan(samples, sample_groups)
-        tis = self._old_pass(samples, plan)
-        lap("old_logprobs")
+        tis_sums: dict[str, torch.Tensor] = {}
+        if not self.old_from_update:
+            self._old_pass(samples, plan, tis_sums)
+            lap("old_logprobs")
         if self.critic is not None:
             self._gae(samples)
-        update = self._update(samples, plan)
+        update = self._update(samples, plan, tis_sums)
         lap("update")
+        tis = reduce_sums(tis_sums, env)
 
         lengths = all_reduce_sum([sum(s.num_tokens for s in samples), sum(s.num_loss_tokens for s in samples),
                                   sum(t.sampled_tokens for t in trajectories)], env)
@@ -226,8 +232,9 @@ class RLRun:
                        "skipped_updates": update["skipped_updates"],
                        "step_s": round(sum(seconds.values()), 3)})
         record["tokens_per_s"] = {"rollout": lengths[2] / max(seconds["rollout"], 1e-9),
-                                  "old_logprobs": lengths[0] / max(seconds["old_logprobs"], 1e-9),
                                   "update": lengths[0] * cfg.ppo_epochs / max(seconds["update"], 1e-9)}
+        if "old_logprobs" in seconds:
+            record["tokens_per_s"]["old_logprobs"] = lengths[0] / max(seconds["old_logprobs"], 1e-9)
         record["generation_share"] = seconds["rollout"] / max(record["step_s"], 1e-9)
         if env.device.type == "cuda":
             record["peak_memory_gb"] = torch.cuda.max_memory_allocated(env.device) / 2**30
@@ -273,10 +280,22 @@ class RLRun:
             hidden = self.critic(mb.input_ids, mb.positions, seqlens=mb.seqlens)
             return self.critic.values(hidden[mb.loss_positions])
 
-    def _old_pass(self, samples: list, plan) -> dict[str, float]:
-        """π_old (and π_ref, critic values) of every sampled token without gradients; TIS weights."""
+    @property
+    def old_from_update(self) -> bool:
+        """Whether the update's forward gives π_old (see step 5 of the module's docstring)."""
         cfg = self.cfg
-        sums: dict[str, torch.Tensor] = {}
+        return cfg.ppo_epochs == 1 and cfg.mini_batches == 1 and self.reference is None and self.critic is None
+
+    def _score_old(self, samples: list, mb: batching.MicroBatch, old: torch.Tensor, tis_sums: dict):
+        """Record π_old of a micro-batch's sampled tokens and their TIS weights against the sampler's logprobs."""
+        mb.scatter(samples, "old", old)
+        weights, metrics = tis_weights(old, mb.gather(samples, "rollout"), mb.seq_index, cap=self.cfg.tis_cap,
+                                       veto=self.cfg.tis_veto)
+        mb.scatter(samples, "tis", weights)
+        add_into(tis_sums, metrics)
+
+    def _old_pass(self, samples: list, plan, tis_sums: dict):
+        """π_old (and π_ref, critic values) of every sampled token without gradients; TIS weights."""
         with torch.no_grad():
             for micros, _ in plan:
                 for members in micros:
@@ -286,16 +305,11 @@ class RLRun:
                     values = self._values(mb) if self.critic is not None else None
                     if mb.is_padding:
                         continue
-                    mb.scatter(samples, "old", old)
-                    weights, metrics = tis_weights(old, mb.gather(samples, "rollout"), mb.seq_index,
-                                                   cap=cfg.tis_cap, veto=cfg.tis_veto)
-                    mb.scatter(samples, "tis", weights)
-                    add_into(sums, metrics)
+                    self._score_old(samples, mb, old, tis_sums)
                     if ref is not None:
                         mb.scatter(samples, "ref", ref)
                     if values is not None:
                         mb.scatter(samples, "old_values", values)
-        return reduce_sums(sums, self.env)
 
     def _gae(self, samples: list):
         """PPO: per-token advantages and returns; the reward sits on the last sampled token; advantages are then
@@ -315,7 +329,7 @@ class RLRun:
         for s in samples:
             s.values["advantages"] = (s.values["advantages"] - mean) / (std + 1e-6)
 
-    def _update(self, samples: list, plan) -> dict[str, float]:
+    def _update(self, samples: list, plan, tis_sums: dict) -> dict[str, float]:
         cfg, env = self.cfg, self.env
         sums: dict[str, torch.Tensor] = {}
         norms = []
@@ -327,7 +341,7 @@ class RLRun:
                     for k, members in enumerate(micros):
                         distributed.set_gradient_sync(self.policy, k == len(micros) - 1)
                         mb = batching.micro_batch(samples, members, env.device)
-                        loss = self._policy_loss(samples, mb, norm, sums)
+                        loss = self._policy_loss(samples, mb, norm, sums, tis_sums)
                         (loss * env.world_size).backward()
                     grad_norm, stepped = optimizer_step(self.policy, self.optimizer, self.scheduler, cfg.grad_clip)
                     norms += [grad_norm] if stepped else []
@@ -350,11 +364,14 @@ class RLRun:
         out["skipped_updates"] = skipped  # the same on every rank: the norms are global
         return out
 
-    def _policy_loss(self, samples, mb: batching.MicroBatch, norm: Normalizer, sums: dict) -> torch.Tensor:
+    def _policy_loss(self, samples, mb: batching.MicroBatch, norm: Normalizer, sums: dict, tis_sums: dict
+                     ) -> torch.Tensor:
         cfg = self.cfg
         logprobs, entropy = self._logprobs(self.policy, mb, entropy=True)
         if mb.is_padding:  # joins the collectives; contributes nothing
             return logprobs.sum() * 0.0
+        if self.old_from_update:
+            self._score_old(samples, mb, logprobs.detach(), tis_sums)
         loss, metrics = policy_loss(logprobs, mb.gather(samples, "old"), mb.gather(samples, "advantages"),
                                     mb.seq_index, mode=cfg.loss_agg, norm=norm, clip_low=cfg.clip_low,
                                     clip_high=cfg.clip_high, dual_clip=cfg.dual_clip or None,

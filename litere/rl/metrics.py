@@ -54,14 +54,19 @@ def rollout_metrics(summaries: list[dict]) -> dict:
 
 
 def reduce_sums(sums: dict[str, torch.Tensor], env: DistEnv) -> dict[str, float]:
-    """Sums of every rank added (keys ending in `_max`: the largest)."""
+    """Sums of every rank added (keys ending in `_max`: the largest). A rank may lack keys that others have (one
+    whose every micro-batch was padding has none), so the ranks first agree on the keys: each reduces the same ones,
+    in the same order, a missing one as 0 (`_max`: -inf)."""
+    keys = sorted(set().union(*gather_objects(sorted(sums), env)))
     out = {}
-    for key in sorted(sums):
-        value = sums[key].detach().to(torch.float64).reshape(())
+    for key in keys:
+        is_max = key.endswith("_max")
+        missing = torch.tensor(float("-inf") if is_max else 0.0, dtype=torch.float64)
+        value = sums.get(key, missing).detach().to(torch.float64).reshape(())
         if env.distributed:
             value = value.clone().to(env.device)
-            op = torch.distributed.ReduceOp.MAX if key.endswith("_max") else torch.distributed.ReduceOp.SUM
-            torch.distributed.all_reduce(value, op=op)
+            torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX if is_max else
+                                         torch.distributed.ReduceOp.SUM)
         out[key] = float(value)
     return out
 
