@@ -98,9 +98,11 @@ def main():
           "| separate / fused |")
     print("|---:|---|---:|---|---|---:|")
     for r in rows:
-        print(f"| {r['step']} | {r['first']} | {r['reward']:.3f} | {r['fused_rollout']:.1f} / {r['fused_update']:.1f} / "
-              f"{r['fused_wall']:.1f} | {r['separate_rollout']:.1f} / {r['separate_old_logprobs']:.1f} / "
-              f"{r['separate_update']:.1f} / {r['separate_wall']:.1f} | {r['separate_wall'] / r['fused_wall']:.2f}× |")
+        fused = f"{r['fused_rollout']:.1f} / {r['fused_update']:.1f} / {r['fused_wall']:.1f}"
+        separate = (f"{r['separate_rollout']:.1f} / {r['separate_old_logprobs']:.1f} / {r['separate_update']:.1f} / "
+                    f"{r['separate_wall']:.1f}")
+        print(f"| {r['step']} | {r['first']} | {r['reward']:.3f} | {fused} | {separate} | "
+              f"{r['separate_wall'] / r['fused_wall']:.2f}× |")
     timed = rows[1:] or rows
     summary = {"steps_in_medians": len(timed),
                "fused_step_s": statistics.median(r["fused_wall"] for r in timed),
