@@ -68,6 +68,7 @@ from .train import sft
 from .agent.loop import AgentConfig, print_progress
 from .agent.trajectory import read_trajectories
 from .evaluation import eval_sampling_params, evaluate
+from .files import atomic_write
 from .bpe import train_tokenizer
 from .questions import Environments, Question, QuestionFileError, load_questions, world_env_settings
 from .sampler import Sampler
@@ -220,9 +221,7 @@ def write_questions(path: Path, questions: list[Question]):
     """Questions in the JSON-lines format, each with its page store's absolute path."""
     rows = [{"id": q.id, "question": q.question, "answers": q.answers, "data_source": q.data_source,
              "mask_url": q.mask_url, "env": q.env} for q in questions]
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
 def type_counts(questions) -> dict[str, int]:

@@ -3,13 +3,13 @@ terminations, turns, tool calls and latency — as report.json and report.md."""
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections import Counter
 from pathlib import Path
 
 from .agent.loop import Agent, AgentConfig, question_seed
 from .agent.trajectory import SAMPLING_FIELDS, Trajectory
+from .files import atomic_write
 from .questions import Question
 from .reward import answered, score_trajectories
 
@@ -88,17 +88,6 @@ def write_run(out_dir, trajectories: list[Trajectory], report: dict, title: str 
 # --- files a killed run resumes from ----------------------------------------------------------------------------
 class ResumeError(ValueError):
     """An output that cannot be resumed by this run (another run's file, a corrupt line)."""
-
-
-def atomic_write(path, data: str | bytes) -> None:
-    """Replace `path` by `data` at once: written to a temporary file beside it, flushed to disk, renamed."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data.encode("utf-8") if isinstance(data, str) else data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _line(t: Trajectory) -> str:

@@ -10,13 +10,13 @@ buckets) and summary.json.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
 
 from .. import run_config
 from ..agent import Agent
+from ..files import atomic_write
 from ..questions import Environments
 from ..reward import score_trajectories
 from ..tokenizer import Tokenizer
@@ -147,18 +147,12 @@ def _write_results(cfg: FilterConfig, questions: list, passes: dict[str, dict], 
         buckets[source][bucket] += 1
         kept.append({"id": q.id, "question": q.question, "answers": q.answers, "data_source": q.data_source,
                      "mask_url": q.mask_url, "env": q.env, "correct": record["correct"], "length_bucket": bucket})
-    _atomic_write(out_dir / "kept.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
-    _atomic_write(out_dir / "buckets.json", json.dumps(buckets, indent=2, sort_keys=True) + "\n")
+    atomic_write(out_dir / "kept.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
+    atomic_write(out_dir / "buckets.json", json.dumps(buckets, indent=2, sort_keys=True) + "\n")
     histogram = {}
     for record in passes.values():
         histogram[record["correct"]] = histogram.get(record["correct"], 0) + 1
     summary = {"questions": len(questions), "rolled_out": len(passes), "kept": len(kept),
                "kept_range": [cfg.min_correct, high], "samples_per_question": cfg.samples_per_prompt,
                "correct_histogram": {str(c): histogram[c] for c in sorted(histogram)}}
-    _atomic_write(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-
-
-def _atomic_write(path: Path, text: str):
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write(out_dir / "summary.json", json.dumps(summary, indent=2) + "\n")

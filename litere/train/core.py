@@ -15,6 +15,7 @@ import torch
 
 from .. import cpu, run_config
 from ..config import ModelConfig
+from ..files import atomic_write
 from ..model import Qwen3
 from ..tokenizer import Tokenizer
 from ..weights import load_model, resolve_checkpoint
@@ -374,9 +375,7 @@ class RunLog:
                     kept.append(line + "\n")
             except json.JSONDecodeError:  # the last line, cut short by a crash after the checkpoint
                 pass
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(kept))
-        tmp.replace(path)  # os.replace: a crash leaves the old file or the new one, never half of it
+        atomic_write(path, "".join(kept))
 
 
 def _finite(value):
