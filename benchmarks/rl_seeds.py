@@ -74,7 +74,10 @@ def row(out: Path, seed: int) -> dict | None:
 
 
 def table(out: Path) -> list[dict]:
-    start = json.loads((out / f"eval-{demo.PROFILES['full'].rl_start}" / "held_out" / "report.json").read_text())
+    start_report = out / f"eval-{demo.PROFILES['full'].rl_start}" / "held_out" / "report.json"
+    if not start_report.is_file():
+        raise SystemExit(f"rl_seeds: {start_report} does not exist (run `python -m litere.demo` first)")
+    start = json.loads(start_report.read_text())
     base = demo.accuracy_by_type(start)
     rows = [r for r in (row(out, seed) for seed in range(100)) if r is not None]
     print(f"RL's start (sft/{demo.PROFILES['full'].rl_start}): held out "
