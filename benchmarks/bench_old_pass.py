@@ -28,7 +28,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from litere import run_config  # noqa: E402
+from litere import demo  # noqa: E402
 from litere.rl.config import RLConfig  # noqa: E402
 from litere.rl.loop import RLRun  # noqa: E402
 from litere.train import distributed  # noqa: E402
@@ -41,13 +41,13 @@ class SeparatePass(RLRun):
 
 
 def config(args, run_dir: Path) -> RLConfig:
-    demo = REPO / "runs" / "demo"
-    overrides = {"model": args.model, "questions": [args.questions],
-                 "system_prompt": str(demo / "data" / "system_prompt.txt"), "run_dir": str(run_dir),
-                 "resume": "never", "export": False, "dump_rollouts": False, "checkpoint_every": 0, "probe_every": 0,
-                 "probe_questions": [], "threads": args.threads, "max_steps": args.steps, "log_every": 10**6}
-    return run_config.load(RLConfig, REPO / "configs" / "demo_rl.toml",
-                           [f"{k}={json.dumps(v)}" for k, v in overrides.items()])
+    """The main job's RL settings (litere.demo.rl_config) without checkpoints, probes or exports."""
+    out = Path(args.out)
+    overrides = {"run_dir": str(run_dir), "resume": "never", "export": False, "dump_rollouts": False,
+                 "checkpoint_every": 0, "probe_every": 0, "probe_questions": [], "threads": args.threads,
+                 "max_steps": args.steps, "log_every": 10**6}
+    return demo.rl_config(out, demo.PROFILES["full"], Path(args.model), Path(args.questions),
+                          out / "data" / "probe.jsonl", [f"{k}={json.dumps(v)}" for k, v in overrides.items()])
 
 
 def step(run: RLRun) -> dict:
@@ -70,6 +70,7 @@ def check_same(a: RLRun, b: RLRun, ra: dict, rb: dict, k: int):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default=str(REPO / "runs" / "demo"), help="the demo's output directory")
     parser.add_argument("--model", default=str(REPO / "runs" / "demo" / "sft" / "pre_decay"))
     parser.add_argument("--questions", default=str(REPO / "runs" / "demo" / "filter" / "kept.jsonl"))
     parser.add_argument("--steps", type=int, default=5)
