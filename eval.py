@@ -24,8 +24,8 @@ from pathlib import Path
 
 from litere.agent.loop import print_progress
 from litere.agent.trajectory import read_trajectories
-from litere.cli import (add_agent_arguments, add_judge_arguments, add_model_arguments, agent_config, environments,
-                        judge_from_args, load_policy, sampling_params)
+from litere.cli import (add_agent_arguments, add_judge_arguments, add_model_arguments, agent_config, judge_from_args,
+                        make_agent, sampling_params)
 from litere.evaluation import ResumeError, evaluate, report_markdown, summarize, write_run
 from litere.questions import load_questions
 from litere.reward import score_trajectories
@@ -70,17 +70,15 @@ def main(argv=None):
         if not args.questions:
             parser.error("--questions FILE is required (or --trajectories FILE to re-score)")
         questions = load_questions(args.questions, args.limit)
-        model, tokenizer, sampler = load_policy(args)
         params = sampling_params(args, greedy=args.greedy)
         config = agent_config(args)
         limits = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("system_prompt", "reminder")}
         info = {"model": args.model, "questions": args.questions, "k": args.k or 4, "judge": args.judge,
                 "sampling": dataclasses.asdict(params), "agent": limits}
         try:
-            report = evaluate(model, tokenizer, questions, environments(args),
-                              args.k or 4, params=params, config=config, judge=judge, sampler=sampler, out_dir=out,
+            report = evaluate(None, None, questions, None, args.k or 4, params=params, judge=judge, out_dir=out,
                               resume=not args.overwrite, on_progress=print_progress, title=args.title,
-                              run_info=info)
+                              run_info=info, agent=make_agent(args, params, config))
         except ResumeError as e:
             raise SystemExit(f"{e} (--overwrite starts over)") from None
         sys.stderr.write("\n")

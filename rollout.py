@@ -21,9 +21,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from litere.agent.loop import Agent, print_progress
-from litere.cli import (add_agent_arguments, add_model_arguments, agent_config, environments, load_policy,
-                        sampling_params)
+from litere.agent.loop import print_progress
+from litere.cli import add_agent_arguments, add_model_arguments, agent_config, make_agent, sampling_params
 from litere.evaluation import ResumeError, TrajectoryLog, resume_trajectories
 from litere.questions import load_questions
 from litere.reward import ExactMatchJudge, score_trajectories
@@ -58,8 +57,7 @@ def main(argv=None):
     start = time.perf_counter()
     trajectories = []
     if todo:
-        _, tokenizer, sampler = load_policy(args)
-        agent = Agent(sampler, tokenizer, environments(args), params, agent_config(args))
+        agent = make_agent(args, params, agent_config(args))
         judge = ExactMatchJudge()
         log = TrajectoryLog(out)
         try:

@@ -2,12 +2,14 @@
 judge; and what they build from them."""
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
 import torch
 
-from .agent.loop import AgentConfig
+from .agent.loop import Agent, AgentConfig
+from .agent.processes import AgentProcesses
 from .questions import Environments, world_env_settings
 from .reward import ExactMatchJudge, LocalJudge, OpenAIJudge
 from .sampler import Sampler, SamplingParams
@@ -23,6 +25,9 @@ def add_model_arguments(parser):
     group.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     group.add_argument("--dtype", choices=sorted(DTYPES), help="weights dtype (default: the checkpoint's)")
     group.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's; 1 suits tiny models)")
+    group.add_argument("--processes", type=int, default=1,
+                       help="rollout worker processes, each with its own model and --threads threads (default 1); "
+                            "on a CPU, one per core with --threads 1 is the fastest, with the same trajectories")
     group.add_argument("--cache-tokens", type=int, help="KV cache size in tokens (default: the sampler's)")
     group.add_argument("--max-batch-tokens", type=int, default=2048, help="tokens per sampler forward pass")
     group.add_argument("--max-num-seqs", type=int, default=256, help="sequences decoding at once in the sampler")
@@ -97,6 +102,25 @@ def load_policy(args):
                       max_num_seqs=args.max_num_seqs, stop_token_ids=tokenizer.stop_token_ids, seed=args.seed,
                       compile=args.compile)
     return model, tokenizer, sampler
+
+
+def policy_agent(args, params: SamplingParams, config: AgentConfig) -> Agent:
+    """load_policy's sampler with the questions' environments (a module-level function, so that rollout worker
+    processes can build it)."""
+    _, tokenizer, sampler = load_policy(args)
+    return Agent(sampler, tokenizer, environments(args), params, config)
+
+
+def make_agent(args, params: SamplingParams, config: AgentConfig):
+    """The agent of rollout.py and eval.py: one in this process, or --processes workers that each build their own."""
+    if args.processes < 1:
+        raise SystemExit(f"--processes {args.processes}: must be >= 1")
+    if args.processes == 1:
+        return policy_agent(args, params, config)
+    if not args.model:
+        raise SystemExit("--model DIR is required")
+    return AgentProcesses(functools.partial(policy_agent, args, params, config), args.processes,
+                          threads=args.threads or 1)
 
 
 def sampling_params(args, greedy: bool = False) -> SamplingParams:

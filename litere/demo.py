@@ -65,7 +65,8 @@ import torch
 
 from . import run_config
 from .train import sft
-from .agent.loop import AgentConfig, print_progress
+from .agent.loop import Agent, AgentConfig, print_progress
+from .agent.processes import AgentProcesses
 from .agent.trajectory import read_trajectories
 from .evaluation import eval_sampling_params, evaluate
 from .files import atomic_write
@@ -107,6 +108,9 @@ class Profile:
     rl_start: str = "pre_decay"
     eval_context_tokens: int | None = None  # the evaluations' context per trajectory (None: EVAL_AGENT's)
     eval_compile: str = "default"  # the evaluations' sampler compiles its decode step ("": eager)
+    # worker processes of one thread that roll out the evaluations and the filter (0: one per thread of the run;
+    # the same trajectories as one process, sooner: BENCHMARKS.md, "Rollouts")
+    rollout_processes: int = 0
 
 
 # Quotas are drawn in the order direct, 2-hop, 3-hop from one generator per world: with 48 = 24 + 16 + 8 questions
@@ -129,7 +133,8 @@ PROFILES = {
                      # a smoke run's model solves next to nothing: keep every question so that RL has some
                      filter_overrides=("min_correct=0", "max_correct=1000"), rl_overrides=QUICK_RL,
                      # a smoke run's models loop until the context is full: a shorter one bounds its evaluations
-                     probe_questions=1, eval_context_tokens=1024, eval_compile=""),
+                     # and one process: starting workers would take longer than its few rollouts
+                     probe_questions=1, eval_context_tokens=1024, eval_compile="", rollout_processes=1),
 }
 # the agent's limits in the evaluation: a teacher trajectory has 2 tool calls per hop and under 1,000 tokens, and
 # no correct trajectory of the demo's models has been longer than 925; a longer one repeats its tool calls until
@@ -358,13 +363,25 @@ def training_summary(run_dir: Path) -> dict:
             "sequences": sum(r["sequences"] for r in records), "seconds": seconds,
             "tokens_per_s": sum(r["tokens"] for r in records) / max(seconds, 1e-9),
             "final_loss": sum(r["loss"] for r in tail) / len(tail), "held_out_loss": last.get("eval_loss")}
+def eval_agent(model_dir: Path, questions_file: Path, settings: dict, params, compile: str) -> Agent:
+    """The agent of a demo evaluation: the model, its sampler and the world's page store (a module-level function,
+    so that rollout worker processes can build it)."""
+    model = load_model(model_dir).eval()
+    tokenizer = Tokenizer.from_dir(model_dir)
+    sampler = Sampler(model, max_cache_tokens=settings["max_concurrent"] * settings["max_context_tokens"],
+                      max_num_seqs=settings["max_concurrent"], stop_token_ids=tokenizer.stop_token_ids, seed=0,
+                      compile=compile or None)
+    env = Environments(None, **world_env_settings(questions_file))
+    return Agent(sampler, tokenizer, env, params, AgentConfig(system_prompt=DEMO_SYSTEM_PROMPT, **settings))
+
+
 def run_eval(name: str, evals: Path, model_dir: Path, questions_file: Path, questions: list, greedy: bool,
-             label: str = "eval", context_tokens: int | None = None, compile: str = "") -> dict:
+             label: str = "eval", context_tokens: int | None = None, compile: str = "", processes: int = 1) -> dict:
     """The report of evaluate() (eval.py's code) on `questions`, with the trajectories' well-formed fraction;
-    reused when this model was already evaluated on the same questions with the same settings."""
+    reused when this model was already evaluated on the same questions with the same settings. With processes > 1,
+    that many worker processes of one thread roll the questions out (the same trajectories, sooner)."""
     directory = evals / name
     settings = {**EVAL_AGENT, "max_context_tokens": context_tokens or EVAL_AGENT["max_context_tokens"]}
-    agent = AgentConfig(system_prompt=DEMO_SYSTEM_PROMPT, **settings)
     params = eval_sampling_params(greedy=greedy, seed=0)
     info = {"model": str(model_dir), "model_stamp": _read_stamp(model_dir.parent),
             "questions": str(questions_file), "question_ids": [q.id for q in questions], "k": 1,
@@ -375,17 +392,13 @@ def run_eval(name: str, evals: Path, model_dir: Path, questions_file: Path, ques
         return json.loads((directory / "report.json").read_text())
     log(f"{label} ({name}): {len(questions)} questions ("
         + ", ".join(f"{n} {kind}" for kind, n in type_counts(questions).items()) + "), "
-        + ("greedy" if greedy else "the evaluation sampling of docs/protocol.md section 7"))
-    model = load_model(model_dir).eval()
-    tokenizer = Tokenizer.from_dir(model_dir)
-    sampler = Sampler(model, max_cache_tokens=settings["max_concurrent"] * settings["max_context_tokens"],
-                      max_num_seqs=settings["max_concurrent"], stop_token_ids=tokenizer.stop_token_ids, seed=0,
-                      compile=compile or None)
-    env = Environments(None, **world_env_settings(questions_file))
+        + ("greedy" if greedy else "the evaluation sampling of docs/protocol.md section 7")
+        + (f", {processes} processes" if processes > 1 else ""))
+    build = functools.partial(eval_agent, model_dir, questions_file, settings, params, compile)
+    agent = AgentProcesses(build, processes) if processes > 1 else build()
     start = time.perf_counter()
-    report = evaluate(model, tokenizer, questions, env, 1, params=params, config=agent, sampler=sampler,
-                      out_dir=directory, on_progress=print_progress, title=f"Demo evaluation: {label} {name}",
-                      run_info=info)
+    report = evaluate(None, None, questions, None, 1, params=params, agent=agent, out_dir=directory,
+                      on_progress=print_progress, title=f"Demo evaluation: {label} {name}", run_info=info)
     sys.stderr.write("\n")
     trajectories = read_trajectories(directory / "trajectories.jsonl")
     report["well_formed"] = sum(map(well_formed, trajectories)) / max(1, len(trajectories))
@@ -412,9 +425,10 @@ def rl_config(out: Path, profile: Profile, model_dir: Path, questions: Path, pro
     return run_config.load(RLConfig, REPO / profile.rl_config, [*paths, *profile.rl_overrides, *extra])
 
 
-def filter_config(out: Path, profile: Profile, model_dir: Path, extra: list[str]):
+def filter_config(out: Path, profile: Profile, model_dir: Path, extra: list[str], processes: int = 1):
     """The curriculum filter's settings: the rollout settings of the RL config (and of the --rl overrides) that
-    the filter shares, as `train.py --stage filter --config configs/demo_rl.toml` takes them."""
+    the filter shares, as `train.py --stage filter --config configs/demo_rl.toml` takes them; with processes > 1,
+    that many rollout processes of one thread."""
     from .rl.config import FilterConfig
 
     shared = {f.name for f in dataclasses.fields(FilterConfig)}
@@ -423,8 +437,9 @@ def filter_config(out: Path, profile: Profile, model_dir: Path, extra: list[str]
              f"questions={json.dumps([str(directory / 'questions.jsonl')])}",
              f"system_prompt={json.dumps(str(out / 'data' / 'system_prompt.txt'))}"]
     overrides = [o for o in [*profile.rl_overrides, *extra] if o.split("=", 1)[0].strip() in shared]
+    workers = ["threads=1", f"rollout_processes={processes}"] if processes > 1 else []
     return run_config.load(FilterConfig, REPO / profile.rl_config,
-                           [*paths, *overrides, *profile.filter_overrides], file_subset=True)
+                           [*paths, *overrides, *profile.filter_overrides, *workers], file_subset=True)
 
 
 def run_curriculum(cfg, world: Path, counts: dict[str, int]) -> dict:
@@ -435,8 +450,9 @@ def run_curriculum(cfg, world: Path, counts: dict[str, int]) -> dict:
 
     directory = Path(cfg.out_dir)
     sample = sample_per_type(world / "train_questions.jsonl", counts, seed=1)
-    settings = {"config": run_config.to_dict(cfg), "model": _read_stamp(Path(cfg.model).parent),
-                "questions": [q.id for q in sample]}
+    how = ("threads", "rollout_processes")  # how the rollouts ran, not what they are: a finished filter is reused
+    settings = {"config": {k: v for k, v in run_config.to_dict(cfg).items() if k not in how},
+                "model": _read_stamp(Path(cfg.model).parent), "questions": [q.id for q in sample]}
     if _done(directory, settings) and (directory / "kept.jsonl").is_file():
         log(f"filter: reusing {directory}")
     else:
@@ -752,9 +768,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg = sft_config(out, profile, extra)
         threads = cfg.threads
         rl_extra = [*([f"threads={threads}"] if threads else []), *args.rl]
+        processes = profile.rollout_processes or threads or torch.get_num_threads()
         dummy = out / "sft" / "final"
         rl_config(out, profile, dummy, out / "filter" / "kept.jsonl", out / "data" / "probe.jsonl", rl_extra)
-        filter_config(out, profile, dummy, rl_extra)
+        filter_config(out, profile, dummy, rl_extra, processes)
     except run_config.RunConfigError as e:
         print(f"litere.demo: {e}", file=sys.stderr)
         return 2
@@ -785,7 +802,7 @@ def main(argv: list[str] | None = None) -> int:
         evals = {}
         sft_evals = out / f"eval{profile.suffix}"
         evaluate_model = functools.partial(run_eval, context_tokens=profile.eval_context_tokens,
-                                           compile=profile.eval_compile)
+                                           compile=profile.eval_compile, processes=processes)
         evals["held_out"] = timed("eval_held_out", evaluate_model, "held_out", sft_evals, model_dir, held_file,
                                   held_questions, greedy)
         evals["training_questions"] = timed("eval_training", evaluate_model, "training", sft_evals, model_dir,
@@ -804,7 +821,7 @@ def main(argv: list[str] | None = None) -> int:
                                                 label=f"eval of {start_dir.name}")
                 eval_dirs.append(start_evals)
             model_dir_sft, model_dir = model_dir, start_dir
-            fcfg = filter_config(out, profile, model_dir, rl_extra)
+            fcfg = filter_config(out, profile, model_dir, rl_extra, processes)
             filtered = timed("filter", run_curriculum, fcfg, world, dict(profile.filter_questions))
             kept = Path(fcfg.out_dir) / "kept.jsonl"
             probe = probe_file(out, world, profile.probe_questions)

@@ -24,10 +24,12 @@ def eval_sampling_params(greedy: bool = False, **overrides):
 
 def evaluate(model, tokenizer, questions: list[Question], env, k: int = 4, *, params=None,
              config: AgentConfig | None = None, judge=None, sampler=None, out_dir=None, resume: bool = False,
-             on_progress=None, title: str = "Evaluation", run_info: dict | None = None) -> dict:
+             on_progress=None, title: str = "Evaluation", run_info: dict | None = None, agent=None) -> dict:
     """Roll out k samples per question in eval mode, judge them (exact match unless `judge` is given) and return
     the report of `summarize` (plus `run_info` under "run"). The default limits are the protocol's: 100 model
-    calls and no response budget of its own (the context bounds a trajectory).
+    calls and no response budget of its own (the context bounds a trajectory). With `agent` (an Agent, or
+    AgentProcesses to roll out in several processes), the questions run with it instead of an agent built from
+    model, sampler, env and config; `params` must be the sampling parameters it was built with.
 
     With `out_dir`, trajectories are appended to out_dir/trajectories.jsonl as they finish (unscored), and at the
     end the file is replaced by the scored trajectories in question order, beside report.json and report.md (each
@@ -37,11 +39,10 @@ def evaluate(model, tokenizer, questions: list[Question], env, k: int = 4, *, pa
     from .reward import ExactMatchJudge
     from .sampler import Sampler
 
-    config = config or AgentConfig(mode="eval", max_turns=100, max_response_tokens=None)
     params = params or eval_sampling_params()
-    if sampler is None:
-        sampler = Sampler(model)
-    agent = Agent(sampler, tokenizer, env, params, config)
+    if agent is None:
+        config = config or AgentConfig(mode="eval", max_turns=100, max_response_tokens=None)
+        agent = Agent(sampler or Sampler(model), tokenizer, env, params, config)
     done, todo, log = [], questions, None
     if out_dir is not None:
         out = Path(out_dir)

@@ -66,3 +66,27 @@ def test_resuming_with_other_settings_is_refused(toy, tmp_path):
     curriculum.run_filter(filter_config(toy, tmp_path))
     with pytest.raises(run_config.RunConfigError, match="temperature differ"):
         curriculum.run_filter(filter_config(toy, tmp_path, temperature=0.5))
+
+
+def test_rollout_processes_give_the_pass_counts_of_one_process(toy, tmp_path):
+    one = curriculum.read_passes(curriculum.run_filter(filter_config(toy, tmp_path / "one")))
+    two = curriculum.read_passes(curriculum.run_filter(filter_config(toy, tmp_path / "two", rollout_processes=2,
+                                                                     threads=1)))
+    assert two == one
+    assert (tmp_path / "two" / "kept.jsonl").read_text() == (tmp_path / "one" / "kept.jsonl").read_text()
+
+
+def test_rollout_processes_must_be_positive(toy, tmp_path):
+    with pytest.raises(run_config.RunConfigError, match="rollout_processes=0 must be positive"):
+        filter_config(toy, tmp_path, rollout_processes=0)
+
+
+def test_trajectories_in_flight_are_bounded_and_the_bound_changes_no_pass_count(toy, tmp_path):
+    from litere.rl.rollouts import agent_config
+
+    assert agent_config(filter_config(toy, tmp_path, max_num_seqs=48)).max_concurrent == 48
+    assert agent_config(filter_config(toy, tmp_path, max_in_flight=4)).max_concurrent == 4
+    whole = curriculum.read_passes(curriculum.run_filter(filter_config(toy, tmp_path / "all")))
+    one_by_one = curriculum.read_passes(curriculum.run_filter(filter_config(toy, tmp_path / "four",
+                                                                            max_in_flight=4)))
+    assert one_by_one == whole

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import hashlib
 import json
 import sys
@@ -29,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model_utils import random_model, small_config  # noqa: E402
 
-from litere.agent import Agent, AgentConfig  # noqa: E402
+from litere.agent import Agent, AgentConfig, AgentProcesses  # noqa: E402
 from litere.questions import Question  # noqa: E402
 from litere.sampler import Sampler, SamplingParams  # noqa: E402
 
@@ -106,8 +107,8 @@ SCRIPTED_RUNS = {  # name -> (sampling parameters, samples per question)
 }
 
 
-def scripted_rollouts(name: str, tool_workers: int = 16) -> list:
-    params, n = SCRIPTED_RUNS[name]
+def scripted_agent(name: str, tool_workers: int = 16) -> Agent:
+    params, _ = SCRIPTED_RUNS[name]
     config = small_config(vocab_size=ScriptTokenizer.vocab_size, max_position_embeddings=4096)
     model = random_model(config, seed=3).to(torch.float64)
     tokenizer = ScriptTokenizer()
@@ -116,9 +117,15 @@ def scripted_rollouts(name: str, tool_workers: int = 16) -> list:
     agent_config = AgentConfig(mode="eval", max_turns=8, max_response_tokens=None, max_context_tokens=1024,
                                final_answer_tokens=24, max_concurrent=16, system_prompt="s",
                                tool_workers=tool_workers)
-    questions = [Question(f"q{i:02d}", f"question {i} " * (1 + i % 5), ["x"], "scripted") for i in range(24)]
+    return Agent(sampler, tokenizer, ScriptEnv(), params, agent_config)
+
+
+SCRIPTED_QUESTIONS = [Question(f"q{i:02d}", f"question {i} " * (1 + i % 5), ["x"], "scripted") for i in range(24)]
+
+
+def scripted_rollouts(name: str, tool_workers: int = 16) -> list:
     with threads(1):
-        return Agent(sampler, tokenizer, ScriptEnv(), params, agent_config).run(questions, n=n)
+        return scripted_agent(name, tool_workers).run(SCRIPTED_QUESTIONS, n=SCRIPTED_RUNS[name][1])
 
 
 # --- the demo model ---------------------------------------------------------------------------------------------
@@ -179,6 +186,13 @@ def test_scripted_rollouts_exercise_tools_and_every_ending():
 
 def test_inline_tools_give_the_recorded_rollouts():
     _assert_same(fingerprints(scripted_rollouts("greedy", tool_workers=0)), _reference("scripted", "greedy"))
+
+
+@pytest.mark.parametrize("name", sorted(SCRIPTED_RUNS))
+def test_rollouts_across_processes_give_the_recorded_ones(name):
+    """Three workers, each with its own model, sampler and a third of the questions: the trajectories of one."""
+    agent = AgentProcesses(functools.partial(scripted_agent, name), processes=3)
+    _assert_same(fingerprints(agent.run(SCRIPTED_QUESTIONS, n=SCRIPTED_RUNS[name][1])), _reference("scripted", name))
 
 
 @pytest.mark.parametrize("settings", [{}, FAST], ids=["demo-settings", "compiled-wide-inline"])

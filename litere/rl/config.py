@@ -35,6 +35,10 @@ class RolloutSettings:
     max_batch_tokens: int = 8192
     max_num_seqs: int = 256
     compile: str = ""  # "", "default" or "reduce-overhead": compile the sampler's decode step
+    # trajectories the agent keeps in flight (0: the sampler's max_num_seqs). More than the sampler has rows only
+    # wait, and more than its cache holds evict each other's caches, which are then recomputed: the demo's filter
+    # of 1,024 trajectories in a 131,072-token cache ran 2.8x slower with all of them in flight (BENCHMARKS.md)
+    max_in_flight: int = 0
     rollout_dtype: str = "auto"  # the sampler's weights: auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
     # the judge: exact_match, or llm (an OpenAI-compatible endpoint; its key comes from the environment variable)
     judge: str = "exact_match"
@@ -52,7 +56,7 @@ class RolloutSettings:
         check_positive(self, "samples_per_prompt", "max_turns", "max_response_tokens", "max_prompt_tokens",
                        "max_batch_tokens", "max_num_seqs")
         check_positive(self, "judge_concurrency", "judge_timeout")
-        for key in ("top_k", "tool_workers", "cache_tokens", "judge_retries"):
+        for key in ("top_k", "tool_workers", "cache_tokens", "judge_retries", "max_in_flight"):
             if getattr(self, key) < 0:
                 raise run_config.RunConfigError(f"{key}={getattr(self, key)} must be >= 0")
         if not 0 < self.top_p <= 1 or not 0 <= self.min_p < 1:
@@ -140,6 +144,9 @@ class FilterConfig(RolloutSettings):
     out_dir: str = "runs/filter"
     device: str = "auto"
     threads: int = 0
+    # > 1: this many worker processes, each with `threads` threads (at least 1) and its own copy of the model, roll
+    # out the rank's questions; on a CPU a process per core is faster than a thread per core (agent/processes.py)
+    rollout_processes: int = 1
     seed: int = 0
     min_correct: int = 1
     max_correct: int = -1  # -1: samples_per_prompt - 1
@@ -149,6 +156,7 @@ class FilterConfig(RolloutSettings):
     def __post_init__(self):
         self.check_rollout()
         check_choice(self, "device", ("auto", "cpu", "cuda"))
+        check_positive(self, "rollout_processes")
         if not self.model:
             raise run_config.RunConfigError("model=DIR is required (the checkpoint that rolls out)")
         if not self.questions:

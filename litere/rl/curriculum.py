@@ -9,13 +9,14 @@ buckets) and summary.json.
 """
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
 import torch
 
 from .. import run_config
-from ..agent import Agent
+from ..agent import Agent, AgentProcesses
 from ..files import atomic_write
 from ..questions import Environments
 from ..reward import score_trajectories
@@ -90,11 +91,17 @@ def _run(cfg: FilterConfig, env) -> Path:
     return out_dir
 
 
-def _roll_out(cfg: FilterConfig, env, questions: list, passes_file: Path):
+def filter_agent(cfg: FilterConfig, device) -> Agent:
+    """The agent that rolls out the filter's samples: the model, its sampler and the questions' environments (a
+    module-level function, so that rollout worker processes can build it)."""
     tokenizer = Tokenizer.from_dir(cfg.model)
-    model = load_model(cfg.model, device=env.device, dtype=rollout_dtype(cfg.rollout_dtype, env.device)).eval()
-    system = system_prompt(cfg)
-    check_prompts(questions, tokenizer, cfg, system)
+    model = load_model(cfg.model, device=device, dtype=rollout_dtype(cfg.rollout_dtype, device)).eval()
+    return Agent(make_sampler(model, cfg, tokenizer), tokenizer, Environments(cfg.env or None, **cfg.env_settings),
+                 sampling_params(cfg, tokenizer, cfg.seed), agent_config(cfg))
+
+
+def _roll_out(cfg: FilterConfig, env, questions: list, passes_file: Path):
+    check_prompts(questions, Tokenizer.from_dir(cfg.model), cfg, system_prompt(cfg))
     judge, k = make_judge(cfg), cfg.samples_per_prompt
     finished: dict[str, list] = {}
     _drop_torn_line(passes_file)
@@ -113,8 +120,9 @@ def _roll_out(cfg: FilterConfig, env, questions: list, passes_file: Path):
             out.flush()
             del finished[t.question_id]
 
-        agent = Agent(make_sampler(model, cfg, tokenizer), tokenizer, Environments(cfg.env or None, **cfg.env_settings),
-                      sampling_params(cfg, tokenizer, cfg.seed), agent_config(cfg))
+        build = functools.partial(filter_agent, cfg, env.device)
+        agent = (AgentProcesses(build, cfg.rollout_processes, threads=max(1, cfg.threads))
+                 if cfg.rollout_processes > 1 else build())
         agent.run(questions, n=k, on_trajectory=on_trajectory)
 
 

@@ -33,7 +33,8 @@ def agent_config(settings: RolloutSettings, mode: str = "train") -> AgentConfig:
     in eval mode gets the same room per turn as training."""
     return AgentConfig(mode=mode, max_turns=settings.max_turns, max_response_tokens=settings.max_response_tokens,
                        final_answer_tokens=min(2048, max(1, settings.max_response_tokens // 8)),
-                       tool_workers=settings.tool_workers, system_prompt=system_prompt(settings))
+                       tool_workers=settings.tool_workers, system_prompt=system_prompt(settings),
+                       max_concurrent=settings.max_in_flight or settings.max_num_seqs)
 
 
 def make_judge(settings: RolloutSettings):
