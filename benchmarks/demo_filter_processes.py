@@ -67,7 +67,8 @@ def main(argv=None):
               f"questions {'equal' if kept == reference['kept'] else 'DIFFER'}", flush=True)
     first = rows[0]
     print(json.dumps({"threads": args.threads, "rows": [
-        {"setting": r["setting"], "seconds": round(r["seconds"], 1), "speedup": round(first["seconds"] / r["seconds"], 2),
+        {"setting": r["setting"], "seconds": round(r["seconds"], 1),
+         "speedup": round(first["seconds"] / r["seconds"], 2),
          "same_correct_counts": sum(r["passes"][q]["correct"] == first["passes"][q]["correct"] for q in r["passes"]),
          "same_kept": r["kept"] == first["kept"]} for r in rows]}))
 

@@ -37,7 +37,7 @@ class RolloutSettings:
     compile: str = ""  # "", "default" or "reduce-overhead": compile the sampler's decode step
     # trajectories the agent keeps in flight (0: the sampler's max_num_seqs). More than the sampler has rows only
     # wait, and more than its cache holds evict each other's caches, which are then recomputed: the demo's filter
-    # of 1,024 trajectories in a 131,072-token cache ran 2.8x slower with all of them in flight (BENCHMARKS.md)
+    # of 1,024 trajectories in a 131,072-token cache ran 3x slower with all of them in flight (BENCHMARKS.md)
     max_in_flight: int = 0
     rollout_dtype: str = "auto"  # the sampler's weights: auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
     # the judge: exact_match, or llm (an OpenAI-compatible endpoint; its key comes from the environment variable)
