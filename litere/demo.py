@@ -14,7 +14,8 @@ then reinforcement learning from rewards alone on harder questions than it was t
 4. SFT        configs/demo_sft.toml through litere.train.sft, the trainer of `train.py --stage sft` (a fixed number of
               steps; README.md gives the time on 2 cores); exports DIR/sft/final (model and tokenizer)
 5. eval       litere.evaluation.evaluate, the code of eval.py, on the held-out world (direct, 2-hop and 3-hop) and
-              on a sample of training questions (an equal number per type), greedy, one sample per question
+              on a sample of training questions (an equal number per type), greedy, one sample per question; the
+              evaluations and the filter roll out in a worker process per thread (litere.agent.processes)
 6. filter     litere.rl.curriculum.run_filter, the code of `train.py --stage filter`, with RL's start model (the
               SFT export Profile.rl_start names: pre_decay, evaluated too, or final) and the rollout
               settings of configs/demo_rl.toml on a seeded sample of training questions (Profile.filter_questions per
@@ -363,6 +364,8 @@ def training_summary(run_dir: Path) -> dict:
             "sequences": sum(r["sequences"] for r in records), "seconds": seconds,
             "tokens_per_s": sum(r["tokens"] for r in records) / max(seconds, 1e-9),
             "final_loss": sum(r["loss"] for r in tail) / len(tail), "held_out_loss": last.get("eval_loss")}
+
+
 def eval_agent(model_dir: Path, questions_file: Path, settings: dict, params, compile: str) -> Agent:
     """The agent of a demo evaluation: the model, its sampler and the world's page store (a module-level function,
     so that rollout worker processes can build it)."""

@@ -5,6 +5,7 @@ stopped or killed."""
 import json
 
 import pytest
+import torch
 
 from litere import demo
 from litere.agent import read_trajectories
@@ -112,6 +113,22 @@ def test_the_training_sample_comes_from_training_worlds_and_the_held_out_from_th
         before = read_trajectories(first_run / "eval" / split / "trajectories.jsonl")
         after = read_trajectories(first_run / "eval-rl" / split / "trajectories.jsonl")
         assert [t.question_id for t in before] == [t.question_id for t in after]
+
+
+def test_an_evaluation_in_two_processes_writes_the_trajectories_of_one(first_run, tmp_path):
+    held = first_run / "world" / "eval_questions.jsonl"
+    questions = demo.sample_questions(held, 4)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        reports = [demo.run_eval(f"p{n}", tmp_path, first_run / "sft" / "final", held, questions, True,
+                                 context_tokens=1024, processes=n) for n in (1, 2)]
+    finally:
+        torch.set_num_threads(threads)
+    one, two = (read_trajectories(tmp_path / f"p{n}" / "trajectories.jsonl") for n in (1, 2))
+    assert [(t.question_id, t.prompt_ids, t.response_ids) for t in two] == \
+        [(t.question_id, t.prompt_ids, t.response_ids) for t in one]
+    assert len(one) == 4 and reports[1]["avg@k"] == reports[0]["avg@k"]
 
 
 def test_a_second_run_reuses_every_finished_stage(first_run, capsys):
