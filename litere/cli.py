@@ -14,7 +14,7 @@ from .questions import Environments, world_env_settings
 from .reward import ExactMatchJudge, LocalJudge, OpenAIJudge
 from .sampler import Sampler, SamplingParams
 from .tokenizer import Tokenizer
-from .weights import load_model
+from .weights import load_model, resolve_checkpoint
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -119,6 +119,7 @@ def make_agent(args, params: SamplingParams, config: AgentConfig):
         return policy_agent(args, params, config)
     if not args.model:
         raise SystemExit("--model DIR is required")
+    resolve_checkpoint(args.model)  # a bad directory fails here, as with one process, not in every worker
     return AgentProcesses(functools.partial(policy_agent, args, params, config), args.processes,
                           threads=args.threads or 1)
 

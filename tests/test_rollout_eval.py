@@ -9,6 +9,7 @@ import torch
 
 from litere.agent import TERMINATIONS, Agent, AgentConfig, read_trajectories
 from litere.questions import Environments, Question, QuestionFileError, load_questions, world_env_settings
+from litere.weights import CheckpointError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -218,6 +219,29 @@ def test_rollout_cli_with_the_compiled_decode_step_writes_the_same_trajectories(
     for key, (ids, logprobs) in eager.items():
         assert compiled[key][0] == ids
         assert max(abs(a - b) for a, b in zip(compiled[key][1], logprobs)) < 1e-4
+
+
+def test_eval_cli_in_two_processes_writes_the_trajectories_of_one(world, model_dir, tmp_path):
+    import eval as eval_script
+
+    def run(processes: int) -> list:
+        run_dir = tmp_path / f"p{processes}"
+        eval_script.main(["--model", str(model_dir), "--questions", str(world / "eval_questions.jsonl"), "--limit", "3",
+                          "--k", "2", "--out", str(run_dir), "--max-context", "400", "--device", "cpu", "--seed", "5",
+                          "--cache-tokens", "8192", "--threads", "1", "--processes", str(processes)])
+        return [(t.question_id, t.sample_index, t.response_ids, t.rollout_logprobs)
+                for t in read_trajectories(run_dir / "trajectories.jsonl")]
+
+    one = run(1)
+    assert len(one) == 6 and run(2) == one
+
+
+def test_a_bad_model_directory_fails_before_rollout_workers_start(world, tmp_path):
+    import eval as eval_script
+
+    with pytest.raises(CheckpointError, match="not a checkpoint directory"):
+        eval_script.main(["--model", str(tmp_path / "missing"), "--questions", str(world / "eval_questions.jsonl"),
+                          "--k", "1", "--out", str(tmp_path / "run"), "--processes", "2"])
 
 
 def test_eval_cli_reaches_the_context_limit_with_the_real_sampler(world, tokenizer, model_dir, tmp_path):
