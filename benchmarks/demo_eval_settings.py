@@ -2,7 +2,8 @@
 eager with the 3,072-token context (the baseline), eager with 2,048 tokens, the compiled decode step with 2,048
 tokens in one process of --threads threads, and the same in --threads processes of one thread each (what
 `python -m litere.demo` uses). Prints each one's seconds, accuracy by type and how its trajectories ended, and
-counts the questions whose answer or reward differs from the first setting's.
+counts the questions whose answer or reward, and those whose token ids, differ from the first setting's (with
+another context length, long trajectories are cut elsewhere: their token ids differ by design).
 
     python benchmarks/demo_eval_settings.py runs/demo/rl/final --world runs/demo/world --questions 120
     python benchmarks/demo_eval_settings.py runs/demo/sft/final --questions 360 --settings 2,3 --repeats 3
@@ -62,18 +63,20 @@ def main(argv=None):
             if repeat:
                 continue
             trajectories = read_trajectories(out / name / "trajectories.jsonl")
-            outcomes[label] = {t.question_id: (t.answer, t.reward) for t in trajectories}
+            outcomes[label] = {t.question_id: (t.answer, t.reward, t.response_ids) for t in trajectories}
             baseline = outcomes[SETTINGS[chosen[0]][0]]
             rows.append({"setting": label, "accuracy": demo.accuracy_by_type(report),
                          "termination": dict(collections.Counter(t.termination for t in trajectories)),
                          "response_tokens": sum(len(t.response_ids) for t in trajectories),
-                         "differ_from_first": sum(outcomes[label][q] != baseline[q] for q in baseline)})
+                         "differ_from_first": sum(outcomes[label][q][:2] != baseline[q][:2] for q in baseline),
+                         "token_ids_differ": sum(outcomes[label][q][2] != baseline[q][2] for q in baseline)})
     first = statistics.median(seconds[chosen[0]])
     for i, row in zip(chosen, rows):
         row["seconds"] = [round(x, 1) for x in seconds[i]]
         median = statistics.median(seconds[i])
         print(f"{row['setting']}: {median:.1f} s median of {len(seconds[i])} ({first / median:.2f}x), all "
-              f"{row['accuracy']['all']}, {row['termination']}, {row['differ_from_first']} answers differ",
+              f"{row['accuracy']['all']}, {row['termination']}, {row['differ_from_first']} answers and "
+              f"{row['token_ids_differ']} trajectories' token ids differ",
               flush=True)
     print(json.dumps({"model": str(args.model), "questions": len(questions), "threads": args.threads,
                       "rows": rows}))

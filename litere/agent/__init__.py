@@ -8,6 +8,6 @@ from .trajectory import (SAMPLING_FIELDS, ToolCallRecord, Trajectory, check_trai
                          write_trajectories)
 
 __all__ = ["CONTEXT_LIMIT_REMINDER", "MALFORMED_CALL", "SAMPLING_FIELDS", "TERMINATIONS", "TOOL_ERROR", "Agent",
-           "AgentConfig", "AgentProcesses", "RolloutStats", "ToolCall", "ToolCallRecord", "Trajectory", "check_trainable",
-           "execute_tool", "parse_tool_call", "print_progress", "question_seed", "read_trajectories", "turn_answers",
-           "WorkerError", "write_trajectories"]
+           "AgentConfig", "AgentProcesses", "RolloutStats", "ToolCall", "ToolCallRecord", "Trajectory", "WorkerError",
+           "check_trainable", "execute_tool", "parse_tool_call", "print_progress", "question_seed", "read_trajectories",
+           "turn_answers", "write_trajectories"]
