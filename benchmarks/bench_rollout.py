@@ -325,7 +325,11 @@ class Profiler:
         self._wrap(agent, "_on_output", "agent: turn handling")
         self._wrap(agent, "_collect_tools", "agent: tool pool hand-off")
         self._wrap(sampler, "step", "sampler: step bookkeeping")
-        self._wrap(sampler, "_forward", self._step_kind)
+        self._wrap(sampler, "_forward", self._step_kind)  # exclusive: what a step does around its forwards
+        # the forwards: the compiled graph's decoding rows, and the eager forward of the rest (with a compiled
+        # decode step, the prefill chunks of a mixed step; without, every row)
+        self._wrap(sampler, "_compiled_forward", "model: compiled decode graph")
+        self._wrap(sampler, "_eager_forward", lambda batch: f"model: eager forward, {self._kind(batch)} rows")
         self._wrap(sampler, "_sample", "sampler: sampling")
         self._wrap(sampler, "add", "sampler: add/extend")
         self._wrap(sampler, "extend", "sampler: add/extend")
@@ -343,10 +347,13 @@ class Profiler:
             self.ops.__enter__()
 
     @staticmethod
-    def _step_kind(batch) -> str:
+    def _kind(batch) -> str:
         single = sum(n == 1 for _, n in batch)
-        kind = "decode" if single == len(batch) else "prefill" if not single else "mixed"
-        return f"model: {kind} steps"
+        return "decode" if single == len(batch) else "prefill" if not single else "mixed"
+
+    @classmethod
+    def _step_kind(cls, batch) -> str:
+        return f"model: {cls._kind(batch)} steps, outside the forwards"
 
     def _wrap(self, owner, name: str, label):
         inner = getattr(owner, name)
