@@ -67,7 +67,7 @@ import torch
 from . import run_config
 from .train import sft
 from .agent.loop import Agent, AgentConfig, print_progress
-from .agent.processes import AgentProcesses
+from .agent.processes import AgentProcesses, WorkerPool
 from .agent.trajectory import read_trajectories
 from .evaluation import eval_sampling_params, evaluate
 from .files import atomic_write
@@ -380,10 +380,12 @@ def eval_agent(model_dir: Path, questions_file: Path, settings: dict, params, co
 
 
 def run_eval(name: str, evals: Path, model_dir: Path, questions_file: Path, questions: list, greedy: bool,
-             label: str = "eval", context_tokens: int | None = None, compile: str = "", processes: int = 1) -> dict:
+             label: str = "eval", context_tokens: int | None = None, compile: str = "", processes: int = 1,
+             pool: WorkerPool | None = None) -> dict:
     """The report of evaluate() (eval.py's code) on `questions`, with the trajectories' well-formed fraction;
     reused when this model was already evaluated on the same questions with the same settings. With processes > 1,
-    that many worker processes of one thread roll the questions out (the same trajectories, sooner)."""
+    that many worker processes of one thread roll the questions out (the same trajectories, sooner): those of
+    `pool` when given (workers kept between the demo's evaluations), else workers started for this one."""
     directory = evals / name
     settings = {**EVAL_AGENT, "max_context_tokens": context_tokens or EVAL_AGENT["max_context_tokens"]}
     params = eval_sampling_params(greedy=greedy, seed=0)
@@ -397,9 +399,9 @@ def run_eval(name: str, evals: Path, model_dir: Path, questions_file: Path, ques
     log(f"{label} ({name}): {len(questions)} questions ("
         + ", ".join(f"{n} {kind}" for kind, n in type_counts(questions).items()) + "), "
         + ("greedy" if greedy else "the evaluation sampling of docs/protocol.md section 7")
-        + (f", {processes} processes" if processes > 1 else ""))
+        + (f", {pool.processes if pool else processes} processes" if (pool or processes > 1) else ""))
     build = functools.partial(eval_agent, model_dir, questions_file, settings, params, compile)
-    agent = AgentProcesses(build, processes) if processes > 1 else build()
+    agent = pool.agent(build) if pool else AgentProcesses(build, processes) if processes > 1 else build()
     start = time.perf_counter()
     report = evaluate(None, None, questions, None, 1, params=params, agent=agent, out_dir=directory,
                       on_progress=print_progress, title=f"Demo evaluation: {label} {name}", run_info=info)
@@ -446,10 +448,10 @@ def filter_config(out: Path, profile: Profile, model_dir: Path, extra: list[str]
                            [*paths, *overrides, *profile.filter_overrides, *workers], file_subset=True)
 
 
-def run_curriculum(cfg, world: Path, counts: dict[str, int]) -> dict:
+def run_curriculum(cfg, world: Path, counts: dict[str, int], pool: WorkerPool | None = None) -> dict:
     """The difficulty filter of `train.py --stage filter` (litere.rl.curriculum) on a seeded sample of training
     questions, `counts` per type; resumed when interrupted, reused when finished. Returns its summary with the
-    sampled and kept counts per type."""
+    sampled and kept counts per type. `pool`: the demo's rollout workers (run_filter)."""
     from .rl.curriculum import read_passes, run_filter
 
     directory = Path(cfg.out_dir)
@@ -467,7 +469,7 @@ def run_curriculum(cfg, world: Path, counts: dict[str, int]) -> dict:
             + ", ".join(f"{n} {kind}" for kind, n in type_counts(sample).items())
             + f") x {k} samples at temperature {cfg.temperature:g}; keeping those with {cfg.min_correct}.."
             + f"{cfg.max_correct if cfg.max_correct >= 0 else k - 1} correct -> {directory / 'kept.jsonl'}")
-        run_filter(cfg)
+        run_filter(cfg, pool)
         _mark_done(directory, settings)
     summary = json.loads((directory / "summary.json").read_text())
     kept = load_questions(directory / "kept.jsonl")
@@ -792,6 +794,7 @@ def main(argv: list[str] | None = None) -> int:
         return result
 
     filtered = rl = rl_model = rl_dir = rl_stopped = None
+    pool = WorkerPool(processes) if processes > 1 else None  # kept from the first evaluation to the last
     try:
         world = timed("world", prepare_world, out, profile.world)
         data = timed("data", prepare_data, out, world)
@@ -806,7 +809,7 @@ def main(argv: list[str] | None = None) -> int:
         evals = {}
         sft_evals = out / f"eval{profile.suffix}"
         evaluate_model = functools.partial(run_eval, context_tokens=profile.eval_context_tokens,
-                                           compile=profile.eval_compile, processes=processes)
+                                           compile=profile.eval_compile, processes=processes, pool=pool)
         evals["held_out"] = timed("eval_held_out", evaluate_model, "held_out", sft_evals, model_dir, held_file,
                                   held_questions, greedy)
         evals["training_questions"] = timed("eval_training", evaluate_model, "training", sft_evals, model_dir,
@@ -826,7 +829,7 @@ def main(argv: list[str] | None = None) -> int:
                 eval_dirs.append(start_evals)
             model_dir_sft, model_dir = model_dir, start_dir
             fcfg = filter_config(out, profile, model_dir, rl_extra, processes)
-            filtered = timed("filter", run_curriculum, fcfg, world, dict(profile.filter_questions))
+            filtered = timed("filter", run_curriculum, fcfg, world, dict(profile.filter_questions), pool)
             kept = Path(fcfg.out_dir) / "kept.jsonl"
             probe = probe_file(out, world, profile.probe_questions)
             rcfg = rl_config(out, profile, model_dir, kept, probe, rl_extra)
@@ -855,6 +858,9 @@ def main(argv: list[str] | None = None) -> int:
     except (run_config.RunConfigError, ValueError, FileNotFoundError, QuestionFileError, CheckpointError) as e:
         print(f"litere.demo: {e}", file=sys.stderr)
         return 2
+    finally:
+        if pool is not None:
+            pool.close()
     seconds["total"] = time.perf_counter() - started
     result = summary(name, model_dir, training_summary(Path(cfg.run_dir)), evals, seconds, world, filtered, rl,
                      rl_model, rl_stopped)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from litere import demo
-from litere.agent import read_trajectories
+from litere.agent import WorkerPool, read_trajectories
 from litere.rl import loop
 from litere.tokenizer import Tokenizer
 
@@ -115,7 +115,7 @@ def test_the_training_sample_comes_from_training_worlds_and_the_held_out_from_th
         assert [t.question_id for t in before] == [t.question_id for t in after]
 
 
-def test_an_evaluation_in_two_processes_writes_the_trajectories_of_one(first_run, tmp_path):
+def test_an_evaluation_in_two_processes_or_a_kept_pool_writes_the_trajectories_of_one(first_run, tmp_path):
     held = first_run / "world" / "eval_questions.jsonl"
     questions = demo.sample_questions(held, 4)
     threads = torch.get_num_threads()
@@ -123,11 +123,17 @@ def test_an_evaluation_in_two_processes_writes_the_trajectories_of_one(first_run
     try:
         reports = [demo.run_eval(f"p{n}", tmp_path, first_run / "sft" / "final", held, questions, True,
                                  context_tokens=1024, processes=n) for n in (1, 2)]
+        with WorkerPool(2) as pool:  # the demo's: workers kept from one evaluation to the next
+            for name in ("pool-a", "pool-b"):
+                demo.run_eval(name, tmp_path, first_run / "sft" / "final", held, questions, True,
+                              context_tokens=1024, pool=pool)
     finally:
         torch.set_num_threads(threads)
-    one, two = (read_trajectories(tmp_path / f"p{n}" / "trajectories.jsonl") for n in (1, 2))
-    assert [(t.question_id, t.prompt_ids, t.response_ids) for t in two] == \
-        [(t.question_id, t.prompt_ids, t.response_ids) for t in one]
+    one, *others = (read_trajectories(tmp_path / name / "trajectories.jsonl") for name in ("p1", "p2", "pool-a",
+                                                                                              "pool-b"))
+    for other in others:
+        assert [(t.question_id, t.prompt_ids, t.response_ids) for t in other] == \
+            [(t.question_id, t.prompt_ids, t.response_ids) for t in one]
     assert len(one) == 4 and reports[1]["avg@k"] == reports[0]["avg@k"]
 
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from litere import run_config
+from litere.agent import WorkerPool
 from litere.questions import load_questions
 from litere.rl import curriculum
 from litere.rl.config import FilterConfig
@@ -74,6 +75,15 @@ def test_rollout_processes_give_the_pass_counts_of_one_process(toy, tmp_path):
                                                                      threads=1)))
     assert two == one
     assert (tmp_path / "two" / "kept.jsonl").read_text() == (tmp_path / "one" / "kept.jsonl").read_text()
+
+
+def test_a_kept_pool_gives_the_pass_counts_of_one_process_and_must_match_the_settings(toy, tmp_path):
+    one = curriculum.read_passes(curriculum.run_filter(filter_config(toy, tmp_path / "one")))
+    two = filter_config(toy, tmp_path / "two", rollout_processes=2, threads=1)
+    with WorkerPool(2) as pool:
+        with pytest.raises(ValueError, match=r"a pool of 2 workers x 1 threads for rollout_processes=3"):
+            curriculum.run_filter(filter_config(toy, tmp_path / "three", rollout_processes=3, threads=1), pool)
+        assert curriculum.read_passes(curriculum.run_filter(two, pool)) == one
 
 
 def test_rollout_processes_must_be_positive(toy, tmp_path):

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model_utils import random_model, small_config  # noqa: E402
 
-from litere.agent import Agent, AgentConfig, AgentProcesses  # noqa: E402
+from litere.agent import Agent, AgentConfig, AgentProcesses, WorkerPool  # noqa: E402
 from litere.questions import Question  # noqa: E402
 from litere.sampler import Sampler, SamplingParams  # noqa: E402
 
@@ -193,6 +193,14 @@ def test_rollouts_across_processes_give_the_recorded_ones(name):
     """Three workers, each with its own model, sampler and a third of the questions: the trajectories of one."""
     agent = AgentProcesses(functools.partial(scripted_agent, name), processes=3)
     _assert_same(fingerprints(agent.run(SCRIPTED_QUESTIONS, n=SCRIPTED_RUNS[name][1])), _reference("scripted", name))
+
+
+def test_a_kept_pool_gives_the_recorded_rollouts_run_after_run():
+    """The same three workers run both scripted rollouts, one after the other, each with a new agent."""
+    with WorkerPool(3) as pool:
+        for name in sorted(SCRIPTED_RUNS):
+            trajectories = pool.run(functools.partial(scripted_agent, name), SCRIPTED_QUESTIONS, SCRIPTED_RUNS[name][1])
+            _assert_same(fingerprints(trajectories), _reference("scripted", name))
 
 
 @pytest.mark.parametrize("settings", [{}, FAST], ids=["demo-settings", "compiled-wide-inline"])

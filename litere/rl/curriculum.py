@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from .. import run_config
-from ..agent import Agent, AgentProcesses
+from ..agent import Agent, AgentProcesses, WorkerPool
 from ..files import atomic_write
 from ..questions import Environments
 from ..reward import score_trajectories
@@ -29,10 +29,15 @@ from .rollouts import agent_config, check_prompts, make_judge, make_sampler, sam
 from .sync import rollout_dtype
 
 
-def run_filter(cfg: FilterConfig) -> Path:
+def run_filter(cfg: FilterConfig, pool: WorkerPool | None = None) -> Path:
+    """The filter's pass counts and kept questions under cfg.out_dir. `pool`: rollout workers kept by the caller
+    (the demo's), used in place of `rollout_processes` workers of this run's own; it must have that many."""
+    if pool is not None and (pool.processes, pool.threads) != (cfg.rollout_processes, max(1, cfg.threads)):
+        raise ValueError(f"run_filter: a pool of {pool.processes} workers x {pool.threads} threads for "
+                         f"rollout_processes={cfg.rollout_processes}, threads={cfg.threads}")
     env = distributed.init(cfg.device)
     try:
-        return _run(cfg, env)
+        return _run(cfg, env, pool)
     finally:
         distributed.shutdown(env)
 
@@ -71,7 +76,7 @@ def read_passes(out_dir: Path) -> dict[str, dict]:
     return done
 
 
-def _run(cfg: FilterConfig, env) -> Path:
+def _run(cfg: FilterConfig, env, pool: WorkerPool | None) -> Path:
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     out_dir = Path(cfg.out_dir)
@@ -83,7 +88,7 @@ def _run(cfg: FilterConfig, env) -> Path:
     done = read_passes(out_dir)
     todo = [q for q in questions if q.id not in done][env.rank::env.world_size]
     if todo:
-        _roll_out(cfg, env, todo, out_dir / f"passes.rank{env.rank}.jsonl")
+        _roll_out(cfg, env, todo, out_dir / f"passes.rank{env.rank}.jsonl", pool)
     distributed.barrier(env)
     if env.is_main:
         _write_results(cfg, questions, read_passes(out_dir), out_dir)
@@ -100,7 +105,7 @@ def filter_agent(cfg: FilterConfig, device) -> Agent:
                  sampling_params(cfg, tokenizer, cfg.seed), agent_config(cfg))
 
 
-def _roll_out(cfg: FilterConfig, env, questions: list, passes_file: Path):
+def _roll_out(cfg: FilterConfig, env, questions: list, passes_file: Path, pool: WorkerPool | None):
     check_prompts(questions, Tokenizer.from_dir(cfg.model), cfg, system_prompt(cfg))
     judge, k = make_judge(cfg), cfg.samples_per_prompt
     finished: dict[str, list] = {}
@@ -121,8 +126,11 @@ def _roll_out(cfg: FilterConfig, env, questions: list, passes_file: Path):
             del finished[t.question_id]
 
         build = functools.partial(filter_agent, cfg, env.device)
-        agent = (AgentProcesses(build, cfg.rollout_processes, threads=max(1, cfg.threads))
-                 if cfg.rollout_processes > 1 else build())
+        if cfg.rollout_processes == 1:
+            agent = build()
+        else:
+            agent = pool.agent(build) if pool is not None else AgentProcesses(build, cfg.rollout_processes,
+                                                                              threads=max(1, cfg.threads))
         agent.run(questions, n=k, on_trajectory=on_trajectory)
 
 
