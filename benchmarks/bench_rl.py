@@ -567,9 +567,9 @@ def run_toy(args, work: Path) -> dict:
     tok = ours.run.tokenizer
     prompt_ids = [tok.prompt_ids(q["question"], TOY_SYSTEM) for q in questions]
     prompts = [tok.decode(ids) for ids in prompt_ids]
-    make_trainer = None
     if reason := no_trl_reason(args.no_trl):
         print(f"bench_rl: {reason}", file=sys.stderr)
+        make_trainer = None
     else:
         def make_trainer(on_step):
             trainer, hf_tok = make_trl(model_dir, prompts, [q["answers"] for q in questions], args, work, cfg,
@@ -618,13 +618,15 @@ def run_agent(args, work: Path) -> dict:
                           [f"model={json.dumps(args.model)}"] + [f"{k}={json.dumps(v)}" for k, v in overrides.items()])
     with contextlib.redirect_stdout(sys.stderr):
         ours = Ours(cfg)
-    make_trainer, counters = None, {}
-    if reason:
-        print(f"bench_rl: agent: {reason}", file=sys.stderr)
-    elif compare_trl:
+    counters = {}
+    if compare_trl:
         def make_trainer(on_step):
             return make_trl_agent(args.model, ours.run.questions, DEMO_SYSTEM_PROMPT, args, work, cfg,
                                   ours.run.tokenizer, trl_clock(on_step, counters), counters)
+    else:
+        make_trainer = None
+        if reason:
+            print(f"bench_rl: agent: {reason}", file=sys.stderr)
 
     ours_records, trl_records, load = interleaved(ours, args, make_trainer, "agent")
     result = {"setting": "agent", "model": args.model, "questions": args.questions, "prompts": prompts,

@@ -610,6 +610,7 @@ def rl_summary(run_dir: Path, cfg) -> dict:
         "generation_share": split.get("rollout", 0.0) / max(step_seconds, 1e-9),
         "seconds_per_step": step_seconds / len(steps),
         "seconds_split": {k: v / max(step_seconds, 1e-9) for k, v in split.items()},
+        "probe_seconds": sum(r.get("probe_s", 0.0) for r in probes),
     }
 
 
@@ -700,7 +701,9 @@ def summary_markdown(s: dict, heading: bool = True) -> str:
                   f"TIS weight mean {_num(rl['tis_weight_mean'], 4)} (lowest step {_num(rl['tis_weight_mean_min'], 4)}), "
                   f"veto fraction {_num(rl['veto_fraction'], 4)} (highest step {_num(rl['veto_fraction_max'], 4)}); "
                   f"{rl['seconds_per_step']:.1f} s a step, generation {rl['generation_share']:.0%} of it ("
-                  + ", ".join(f"{k} {v:.0%}" for k, v in rl["seconds_split"].items()) + ")."]
+                  + ", ".join(f"{k} {v:.0%}" for k, v in rl["seconds_split"].items()) + ")"
+                  + (f"; the probes took {rl['probe_seconds']:.0f} s more" if rl.get("probe_seconds") else "")
+                  + "."]
         probes = rl["probe"]["per_step"]
         if probes:
             kinds = list(next(iter(probes.values())))

@@ -2,7 +2,9 @@
 accuracy of so short a run is not checked, the pipeline and its reports are): world -> data -> tokenizer -> SFT ->
 evaluation -> curriculum filter -> RL -> evaluation, each stage reused when done and the RL run resumed when
 stopped or killed."""
+import dataclasses
 import json
+import multiprocessing
 
 import pytest
 import torch
@@ -58,6 +60,7 @@ def test_the_demo_trains_evaluates_before_and_after_rl_and_reports(first_run):
     rl = report["rl"]
     assert rl["steps"] == 2 and rl["balance_sources"] and len(rl["reward"]["per_step"]) == 2
     assert set(rl["probe"]["per_step"]) == {"0", "1", "2"} and set(rl["probe"]["per_step"]["2"]) == TYPES
+    assert rl["probe_seconds"] > 0 and "the probes took" in (first_run / "report.md").read_text()
     for key in ("response_tokens", "tool_calls"):
         assert rl[key]["first"] >= 0 and rl[key]["last"] >= 0
     # on-policy: weights 1, nothing vetoed (None: no step trained a sequence, e.g. every group all wrong and
@@ -135,6 +138,37 @@ def test_an_evaluation_in_two_processes_or_a_kept_pool_writes_the_trajectories_o
         assert [(t.question_id, t.prompt_ids, t.response_ids) for t in other] == \
             [(t.question_id, t.prompt_ids, t.response_ids) for t in one]
     assert len(one) == 4 and reports[1]["avg@k"] == reports[0]["avg@k"]
+
+
+def test_the_job_keeps_one_pool_of_workers_for_its_evaluations_and_filter(tmp_path, capsys, monkeypatch):
+    """The demo's own wiring with two rollout processes: one pool, its workers started once, serves every
+    evaluation and the filter, gives the evaluations of one process and is closed when the job ends."""
+    monkeypatch.setitem(demo.PROFILES, "quick", dataclasses.replace(demo.PROFILES["quick"], rollout_processes=2))
+    pools, worker_pids = [], []
+
+    class RecordedPool(WorkerPool):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            pools.append(self)
+
+        def _start(self):
+            super()._start()
+            worker_pids.append([worker.pid for worker in self._workers])
+
+    monkeypatch.setattr(demo, "WorkerPool", RecordedPool)
+    out = tmp_path / "run"
+    log = run_demo(out, capsys, *SIZES, *FAST)
+    assert len(pools) == 1 and not pools[0]._workers and not multiprocessing.active_children()
+    evaluations = log.count(", 2 processes")
+    assert evaluations >= 4 and len(worker_pids) == evaluations + 1  # and the filter
+    assert all(pids == worker_pids[0] for pids in worker_pids)
+
+    held = out / "world" / "eval_questions.jsonl"
+    questions = demo.sample_questions(held, 4)
+    demo.run_eval("one", tmp_path, out / "sft" / "final", held, questions, True, context_tokens=1024)
+    one = read_trajectories(tmp_path / "one" / "trajectories.jsonl")
+    kept = read_trajectories(out / "eval" / "held_out" / "trajectories.jsonl")
+    assert [(t.question_id, t.response_ids) for t in kept] == [(t.question_id, t.response_ids) for t in one]
 
 
 def test_a_second_run_reuses_every_finished_stage(first_run, capsys):

@@ -37,6 +37,7 @@ def test_a_small_policy_learns_the_rewarded_word(toy, tmp_path, algo):
     rewards = [m["reward_mean"] for m in steps]
     assert 0.05 < rewards[0] < 0.45, rewards  # the start model says "yes" about 20% of the time
     assert max(rewards[-3:]) > 0.9, rewards
+    assert start.pop("probe_s") > 0 and steps[-1]["probe_s"] > 0  # timed apart from the step's own split
     assert start == {"step": 0, "probe": {"toy": 0.0, "all": 0.0}}  # greedy, the start model says "no"
     assert steps[-1]["probe"] == {"toy": 1.0, "all": 1.0}
 

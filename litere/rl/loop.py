@@ -135,7 +135,7 @@ class RLRun:
         started, first = time.perf_counter(), self.step
         writer = _tensorboard(self.run_dir) if self.env.is_main else None
         if self.step == 0 and cfg.probe_questions and cfg.probe_every:  # the start model, as record step 0
-            record = {"step": 0, "probe": self.probe()}
+            record = {"step": 0, **self._timed_probe()}
             self.log.metrics(record)
             self.log.info("start | " + " | ".join(f"probe {k} {v:.0%}" for k, v in record["probe"].items()))
         while self.step < stop:
@@ -144,7 +144,7 @@ class RLRun:
             self.position = self.order.advance(self.position)
             record["step"] = self.step
             if cfg.probe_questions and cfg.probe_every and (self.step % cfg.probe_every == 0 or self.step == stop):
-                record["probe"] = self.probe()
+                record.update(self._timed_probe())
             self.log.metrics(record)
             if writer:
                 _write_scalars(writer, record, self.step)
@@ -415,6 +415,12 @@ class RLRun:
                 for record in part:
                     f.write(json.dumps(record, ensure_ascii=False) + "\n")
         os.replace(tmp, out)
+
+    def _timed_probe(self) -> dict:
+        """The probe's accuracies and its seconds, outside the step's own time split."""
+        start = time.perf_counter()
+        accuracy = self.probe()
+        return {"probe": accuracy, "probe_s": round(time.perf_counter() - start, 3)}
 
     def probe(self) -> dict:
         """Greedy accuracy per data_source on the probe questions (each rank takes its share)."""
