@@ -2,12 +2,13 @@
 
 Each variant runs `python -m litere.demo --skip-rl` (world, tokenizer, SFT, the greedy held-out and training-question
 evaluations) in its own output directory, with one change to the float path: the seed (initial weights and data
-order), the thread count (the order of reductions), or the instruction set (`ATEN_CPU_CAPABILITY=avx2` with MKL and
+order), the thread count (which could change the order of reductions; on the AMD EPYC VM of BENCHMARKS.md, 1 and 2
+threads train the same model bit for bit), or the instruction set (`ATEN_CPU_CAPABILITY=avx2` with MKL and
 oneDNN held to AVX2, which also stands in for an AVX2-only machine: torch then has no bf16 instructions and
 `precision = "auto"` trains in fp32, as such a machine does). The world, data and tokenizer are the same for every
 variant (the directory of the first is reused by the others through symbolic links).
 
-    python benchmarks/demo_variants.py                       # all nine variants, one after the other
+    python benchmarks/demo_variants.py                       # every variant, one after the other
     python benchmarks/demo_variants.py --only seed1 avx2     # some of them
     python benchmarks/demo_variants.py --table               # the table of the finished ones
     python benchmarks/demo_variants.py --whole-names --out runs/variants-whole-names   # the demo's --whole-names
@@ -47,6 +48,8 @@ VARIANTS = {
     "seed4": (4, 1, False),
     "seed5": (5, 1, False),
     "avx2-seed1": (1, 2, True),
+    "seed6": (6, 1, False),
+    "seed7": (7, 1, False),
 }
 SHARED = ("world", "data", "tokenizer")
 
