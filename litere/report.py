@@ -213,8 +213,11 @@ def plot_rl(metrics: Path, out_png: Path) -> Path:
 def _rl_reward_panel(ax, records: list[dict]):
     title = "RL: reward of the step's rollouts"
     drawn = []
-    for key, label, color in (("reward_mean", "mean reward", "C0"), ("accuracy", "accuracy", "C2")):
-        steps, values = series(records, key)
+    reward, accuracy = series(records, "reward_mean"), series(records, "accuracy")
+    lines = [(reward, "mean reward", "C0"), (accuracy, "accuracy", "C2")]
+    if reward == accuracy:  # an exact-match reward: one line, rather than one hidden under the other
+        lines = [(reward, "mean reward = accuracy", "C0")]
+    for (steps, values), label, color in lines:
         if steps:
             ax.plot(steps, values, color=color, linewidth=1.5, marker="." if len(steps) <= 60 else None, label=label)
             drawn += values

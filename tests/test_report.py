@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from matplotlib import image
+from matplotlib.figure import Figure
 
 from litere import report
 from test_viewer import CHROMIUM, HOSTILE, chromium, make_traj, page_data
@@ -137,6 +138,14 @@ def test_markdown_to_html():
     assert '<td style="text-align: right">91.1% (180)</td>' in out
     assert "<td>&lt;script&gt;alert(1)&lt;/script&gt;</td>" in out and "<script" not in out
     assert report.markdown_to_html("**`a`** `b") == "<p><strong><code>a</code></strong> `b</p>"
+
+
+def test_an_exact_match_reward_is_drawn_once_as_the_accuracy():
+    same = [{**r, "accuracy": r["reward_mean"]} if "reward_mean" in r else r for r in rl_records()]
+    for records, labels in ((rl_records(), ["mean reward", "accuracy"]), (same, ["mean reward = accuracy"])):
+        ax = Figure().add_subplot()
+        report._rl_reward_panel(ax, records)
+        assert ax.get_legend_handles_labels()[1] == labels
 
 
 def write_example_report(tmp_path: Path) -> tuple[Path, Path, list[Path]]:
