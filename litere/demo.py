@@ -122,7 +122,7 @@ MIX = (1 / 2, 1 / 3, 1 / 6)
 FULL_WORLD = BuildConfig(worlds=300, trajectories=48, eval_questions=360, mix=MIX)
 # the smoke run samples eagerly: compiling the decode step's shapes would take longer than its few rollouts
 QUICK_RL = ("max_steps=2", "prompts_per_step=3", "samples_per_prompt=4", "max_turns=6", "max_response_tokens=768",
-            "probe_every=1", "checkpoint_every=1", 'compile=""')
+            "probe_max_response_tokens=0", "probe_every=1", "checkpoint_every=1", 'compile=""')
 PROFILES = {
     "full": Profile("runs/demo", FULL_WORLD, "configs/demo_sft.toml"),
     "short": Profile("runs/demo", FULL_WORLD, "configs/demo_sft.toml", sft_stop_fraction=2 / 3, suffix="-short",
@@ -600,6 +600,7 @@ def rl_summary(run_dir: Path, cfg) -> dict:
         "reward": {**first_last("reward_mean"), "per_step": [round(r["reward_mean"], 4) for r in steps]},
         "reward_by_type": {"first": _typed(first["accuracy_by_source"]), "last": _typed(last["accuracy_by_source"])},
         "probe": {"questions": cfg.probe_limit, "every": cfg.probe_every,
+                  "max_response_tokens": cfg.probe_max_response_tokens or cfg.max_response_tokens,
                   "per_step": {r["step"]: _typed(r["probe"]) for r in probes}},
         "response_tokens": first_last("response_tokens_mean"), "tool_calls": first_last("tool_calls_mean"),
         "assistant_turns": first_last("assistant_turns_mean"), "trained_sequences": first_last("trained_sequences"),
@@ -707,7 +708,9 @@ def summary_markdown(s: dict, heading: bool = True) -> str:
         probes = rl["probe"]["per_step"]
         if probes:
             kinds = list(next(iter(probes.values())))
-            lines += ["", f"Greedy held-out probe ({rl['probe']['questions']} questions, an equal number per type):",
+            budget = rl["probe"].get("max_response_tokens")
+            lines += ["", f"Greedy held-out probe ({rl['probe']['questions']} questions, an equal number per type"
+                      + (f", up to {budget:,} response tokens each" if budget else "") + "):",
                       "", "| step | " + " | ".join(kinds) + " |", "|---|" + "---:|" * len(kinds)]
             lines += [f"| {step} | " + " | ".join(_pct(p.get(k)) for k in kinds) + " |" for step, p in probes.items()]
     if s.get("rl_stopped"):

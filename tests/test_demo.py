@@ -61,6 +61,7 @@ def test_the_demo_trains_evaluates_before_and_after_rl_and_reports(first_run):
     assert rl["steps"] == 2 and rl["balance_sources"] and len(rl["reward"]["per_step"]) == 2
     assert set(rl["probe"]["per_step"]) == {"0", "1", "2"} and set(rl["probe"]["per_step"]["2"]) == TYPES
     assert rl["probe_seconds"] > 0 and "the probes took" in (first_run / "report.md").read_text()
+    assert rl["probe"]["max_response_tokens"] == 768  # the smoke run's probe: its rollouts' budget
     for key in ("response_tokens", "tool_calls"):
         assert rl[key]["first"] >= 0 and rl[key]["last"] >= 0
     # on-policy: weights 1, nothing vetoed (None: no step trained a sequence, e.g. every group all wrong and
@@ -69,7 +70,7 @@ def test_the_demo_trains_evaluates_before_and_after_rl_and_reports(first_run):
     assert 0 < rl["generation_share"] < 1
     text = (out / "report.md").read_text()
     for phrase in ("held-out world (unseen names), after SFT", "held-out, after RL", "well-formed trajectories",
-                   "Curriculum filter", "RL: 2 steps", "Greedy held-out probe", "| 3-hop |"):
+                   "Curriculum filter", "RL: 2 steps", "up to 768 response tokens each", "| 3-hop |"):
         assert phrase in text
     assert (out / "report.html").is_file()
     assert {p.name for p in (out / "plots").iterdir()} == {"sft.png", "rl.png", "rl_behaviour.png", "accuracy.png"}

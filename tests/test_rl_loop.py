@@ -42,6 +42,27 @@ def test_a_small_policy_learns_the_rewarded_word(toy, tmp_path, algo):
     assert steps[-1]["probe"] == {"toy": 1.0, "all": 1.0}
 
 
+def test_the_probe_has_its_own_response_budget_and_leaves_training_alone(toy, tmp_path, monkeypatch):
+    from litere import evaluation
+
+    budgets = []
+
+    def recording(*args, config, **kwargs):
+        budgets.append(config.max_response_tokens)
+        return evaluate(*args, config=config, **kwargs)
+
+    evaluate = evaluation.evaluate
+    monkeypatch.setattr(evaluation, "evaluate", recording)
+    run = dict(max_steps=2, export=False, probe_questions=[str(toy / "questions.jsonl")], probe_every=1)
+    loop.train(rl_config(toy, run_dir=str(tmp_path / "own"), probe_max_response_tokens=3, **run))
+    assert budgets == [3, 3, 3]
+    loop.train(rl_config(toy, run_dir=str(tmp_path / "same"), **run))
+    assert budgets[3:] == [rl_config(toy).max_response_tokens] * 3
+    trained = ("reward_mean", "response_tokens_mean", "trained_tokens", "policy_loss", "grad_norm", "entropy")
+    for a, b in zip(metrics(tmp_path / "own")[1:], metrics(tmp_path / "same")[1:], strict=True):
+        assert {k: a[k] for k in trained} == {k: b[k] for k in trained}
+
+
 def test_on_policy_step_has_ratio_one_and_no_importance_correction(toy, tmp_path):
     loop.train(rl_config(toy, run_dir=str(tmp_path), max_steps=2, export=False))
     for m in metrics(tmp_path):
@@ -231,6 +252,7 @@ def test_balanced_sources_give_every_step_an_equal_share_of_each_source_and_resu
     ("temperature=0", "greedy"),
     ("samples_per_prompt=1", "at least 2"),
     ("loss_agg=token-sum", "loss_agg"),
+    ("probe_max_response_tokens=-1", "probe_max_response_tokens=-1 must be >= 0"),
 ])
 def test_bad_settings_are_refused(toy, override, message):
     with pytest.raises(run_config.RunConfigError, match=message):

@@ -110,6 +110,7 @@ class RLConfig(RolloutSettings, TrainerConfig):
     probe_questions: list[str] = field(default_factory=list)
     probe_limit: int = 100
     probe_every: int = 0
+    probe_max_response_tokens: int = 0  # a probe trajectory's response budget (0: max_response_tokens)
     dump_rollouts: bool = True  # every step's trajectories in run_dir/rollouts/step_N.jsonl.gz
 
     def __post_init__(self):
@@ -121,8 +122,9 @@ class RLConfig(RolloutSettings, TrainerConfig):
         check_choice(self, "kl_kind", KL_KINDS)
         check_positive(self, "prompts_per_step", "ppo_epochs", "mini_batches", "pack_tokens", "probe_limit",
                        "critic_lr")
-        if self.epochs < 0 or self.probe_every < 0:
-            raise run_config.RunConfigError(f"epochs={self.epochs}, probe_every={self.probe_every} must be >= 0")
+        if min(self.epochs, self.probe_every, self.probe_max_response_tokens) < 0:
+            raise run_config.RunConfigError(f"epochs={self.epochs}, probe_every={self.probe_every}, "
+                                            f"probe_max_response_tokens={self.probe_max_response_tokens} must be >= 0")
         if self.algo == "grpo" and self.samples_per_prompt < 2:
             raise run_config.RunConfigError(f"samples_per_prompt={self.samples_per_prompt}: GRPO compares the "
                                             "samples of a group; it needs at least 2")

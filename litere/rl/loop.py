@@ -435,8 +435,9 @@ class RLRun:
         mine = self._probe_questions[env.rank::env.world_size]
         sampler = make_sampler(self.rollout_weights.model, cfg, self.tokenizer)
         greedy = SamplingParams(temperature=0.0, stop_token_ids=self.tokenizer.stop_token_ids)
+        config = agent_config(cfg, "eval", cfg.probe_max_response_tokens)
         report = evaluate(self.rollout_weights.model, self.tokenizer, mine, self.envs, 1, params=greedy,
-                          config=agent_config(cfg, "eval"), sampler=sampler) if mine else {"by_data_source": {}}
+                          config=config, sampler=sampler) if mine else {"by_data_source": {}}
         counts: dict[str, list[float]] = {}
         for part in gather_objects({src: (acc["avg@k"] * acc["trajectories"], acc["trajectories"])
                                     for src, acc in report["by_data_source"].items()}, env):

@@ -28,11 +28,13 @@ def system_prompt(settings: RolloutSettings) -> str:
     return Path(settings.system_prompt).read_text() if settings.system_prompt else SYSTEM_PROMPT
 
 
-def agent_config(settings: RolloutSettings, mode: str = "train") -> AgentConfig:
+def agent_config(settings: RolloutSettings, mode: str = "train", max_response_tokens: int = 0) -> AgentConfig:
     """The response budget bounds a trajectory (prompts are checked against max_prompt_tokens), so a greedy probe
-    in eval mode gets the same room per turn as training."""
-    return AgentConfig(mode=mode, max_turns=settings.max_turns, max_response_tokens=settings.max_response_tokens,
-                       final_answer_tokens=min(2048, max(1, settings.max_response_tokens // 8)),
+    in eval mode gets the same room per turn as training. `max_response_tokens` (0: the settings') replaces the
+    budget."""
+    budget = max_response_tokens or settings.max_response_tokens
+    return AgentConfig(mode=mode, max_turns=settings.max_turns, max_response_tokens=budget,
+                       final_answer_tokens=min(2048, max(1, budget // 8)),
                        tool_workers=settings.tool_workers, system_prompt=system_prompt(settings),
                        max_concurrent=settings.max_in_flight or settings.max_num_seqs)
 
