@@ -65,7 +65,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     budgets = [int(b) for b in args.budgets.split(",")]
-    probe_path = args.demo / "data" / f"probe_{demo.PROFILES['full'].probe_questions}.jsonl"
+    probe_path = demo.probe_file(args.demo, args.demo / "world", demo.PROFILES["full"].probe_questions)
     cfg = run_config.load(RLConfig, REPO / "configs" / "demo_rl.toml",
                           [f"model={json.dumps(str(args.demo / 'sft' / 'pre_decay'))}",
                            f"system_prompt={json.dumps(str(args.demo / 'data' / 'system_prompt.txt'))}"])
@@ -75,17 +75,18 @@ def main(argv=None):
         model_dir = args.demo / name
         model, tokenizer = load_model(model_dir, dtype=torch.float32).eval(), Tokenizer.from_dir(model_dir)
         seconds = {b: [] for b in budgets}
-        results = {}
+        accuracy, rewards = {}, {b: [] for b in budgets}
         for _ in range(args.repeats):
             for budget in budgets:
-                s, accuracy, rewards = probe(model, tokenizer, questions, cfg, budget)
+                s, accuracy[budget], scored = probe(model, tokenizer, questions, cfg, budget)
                 seconds[budget].append(s)
-                results[budget] = (accuracy, rewards)
+                rewards[budget].append(scored)
+        reference = rewards[budgets[0]][0]
         for budget in budgets:
             row = {"model": name, "budget": budget, "median_s": round(statistics.median(seconds[budget]), 1),
                    "seconds": [round(s, 1) for s in seconds[budget]],
-                   "accuracy": {k: round(v, 3) for k, v in sorted(results[budget][0].items())},
-                   "same_rewards_as_first_budget": results[budget][1] == results[budgets[0]][1]}
+                   "accuracy": {k: round(v, 3) for k, v in sorted(accuracy[budget].items())},
+                   "same_rewards_as_first_budget": all(r == reference for r in rewards[budget])}
             rows.append(row)
             print(f"{name:16s} budget {budget:5d}: {row['median_s']:6.1f} s (median of {args.repeats}), "
                   f"accuracy {row['accuracy']}, every question scored as with {budgets[0]}: "
