@@ -1,5 +1,6 @@
 import math
 
+import numpy
 import pytest
 import torch
 
@@ -147,6 +148,19 @@ def test_copy_targets_are_pairs_seen_earlier_in_the_conversation_and_never_in_tr
     # conversation 1 targets: 7 8 5 7 8 (pairs 5-7 7-8 8-5 5-7 7-8); the second 7-8 repeats an unknown pair
     # conversation 2 (positions 5..8, inputs 8 5 7 8 -> targets 5 7 8 9): nothing repeats within it
     assert sft.copy_targets(batch, known).tolist() == [False, False, False, False, True, False, False, False, False]
+
+
+def test_new_numbers_are_digit_targets_the_conversation_has_not_spelt_before():
+    from litere.train.sft_data import MicroBatch
+    digits = numpy.zeros(10, dtype=bool)
+    digits[[2, 3]] = True  # tokens 2 and 3 are digit pairs
+    ids = torch.tensor([5, 2, 3, 5, 2, 3, 5, 2, 3])  # one conversation: ": 25 08" spelt twice, then once more
+    batch = MicroBatch(ids[:-1], torch.zeros(8, dtype=torch.long), ids[1:], torch.ones(8), [8])
+    # targets 2 3 5 2 3 5 2 3: the first number is new; its second spelling repeats the pairs 5-2 and 2-3
+    assert sft.new_numbers(batch, digits).tolist() == [True, True, False, False, False, False, False, False]
+    two = MicroBatch(ids[:-1], torch.zeros(8, dtype=torch.long), ids[1:], torch.ones(8), [3, 5])
+    # a second conversation from position 3 (inputs 5 2 3 5 2): its first number is new to it
+    assert sft.new_numbers(two, digits).tolist() == [True, True, False, True, True, False, False, False]
 
 
 def run_with_copy_losses(data_dir, run_dir, monkeypatch, copy_losses: dict, number_losses: dict | None = None,
@@ -425,6 +439,45 @@ def test_context_loss_weight_adds_the_other_targets_to_the_objective_only(data_d
     assert returned.item() == pytest.approx(supervised.item(), rel=1e-5)
     for got, want in zip(grads, (p.grad for p in model.parameters())):
         torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-4)
+
+
+def test_context_skip_leaves_those_targets_out_of_the_context_loss_only(data_dir):
+    tok = Tokenizer.from_dir(data_dir / "tok")
+    dataset, _ = load_sft_dataset([data_dir / "train.jsonl"], tok, cutoff_len=512)
+    (packed,) = BatchPlanner(dataset, global_batch=4, unit="sequences", pack_tokens=4096, seed=0).batch(
+        DataPosition()).micro_batches
+    skip = torch.arange(len(packed.targets)) % 3 == 0  # supervised and context targets alike
+    model = random_model(small_config(vocab_size=tok.vocab_size)).train()
+    cpu = torch.device("cpu")
+
+    model.zero_grad()
+    returned = sft.micro_step(model, packed, 0.01, cpu, None, context_weight=0.3, context_skip=skip)
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    hidden = model(packed.input_ids, packed.positions, seqlens=packed.seqlens)
+    nll = -torch.log_softmax(model.logits(hidden).float(), -1).gather(1, packed.targets[:, None])[:, 0]
+    supervised = (nll * packed.weights).sum()
+    context = (nll * (1 - packed.weights) * ~skip).sum()
+    (0.01 * (supervised + 0.3 * context)).backward()
+    assert returned.item() == pytest.approx(supervised.item(), rel=1e-5)  # supervised targets are never skipped
+    for got, want in zip(grads, (p.grad for p in model.parameters())):
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-4)
+
+
+def test_context_loss_new_numbers_false_skips_the_new_numbers_of_each_micro_batch(data_dir, tmp_path, monkeypatch):
+    real, seen = sft.micro_step, []
+
+    def recording(model, batch, scale, device, autocast_dtype, context_weight=0.0, context_skip=None):
+        seen.append((batch, context_skip))
+        return real(model, batch, scale, device, autocast_dtype, context_weight, context_skip)
+    monkeypatch.setattr(sft, "micro_step", recording)
+    run(data_dir, tmp_path / "default", max_steps=1, export=False, context_loss_weight=0.5)
+    assert seen[0][1] is None
+    seen.clear()
+    run(data_dir, tmp_path / "skip", max_steps=1, export=False, context_loss_weight=0.5,
+        context_loss_new_numbers=False)
+    digits = sft.number_tokens(Tokenizer.from_dir(data_dir / "tok"))
+    assert seen and all(torch.equal(skip, sft.new_numbers(batch, digits)) for batch, skip in seen)
 
 
 def test_a_padding_micro_batch_adds_no_gradient_with_the_context_loss(data_dir):

@@ -54,6 +54,10 @@ class SFTConfig(TrainerConfig):
     # > 0: the loss also counts the tokens the policy does not generate (system prompt, question, tool responses),
     # each with this weight relative to a supervised token; the logged loss stays the supervised one
     context_loss_weight: float = 0.0
+    # with context_loss_weight > 0, false: the context loss leaves out the digit targets that start a number the
+    # conversation has not spelt before (see new_numbers): random values nothing predicts, whose loss teaches a
+    # small model only the distribution of digits
+    context_loss_new_numbers: bool = True
     # > 0: train for this many minutes of wall-clock time instead of a step count; warmup and cosine run over the
     # time budget and training stops when it is spent (or earlier, when epochs / max_steps are done)
     budget_minutes: float = 0.0
@@ -165,16 +169,23 @@ def token_nll(model, batch: MicroBatch, device, autocast_dtype: torch.dtype | No
 
 
 def micro_step(model, batch: MicroBatch, scale: float, device, autocast_dtype: torch.dtype | None,
-               context_weight: float = 0.0) -> torch.Tensor:
+               context_weight: float = 0.0, context_skip: torch.Tensor | None = None) -> torch.Tensor:
     """Forward and backward of one packed micro-batch; returns its summed supervised -logprob (detached).
 
     With context_weight > 0 the objective also counts every other target (system prompt, question, tool
     responses) with that weight: a language-modelling loss on the context, which gives a model trained from
-    scratch many more examples of copying names and values than its own turns hold.
+    scratch many more examples of copying names and values than its own turns hold. `context_skip` flags targets
+    that the context loss leaves out.
     """
     nll, weights = token_nll(model, batch, device, autocast_dtype, every_target=context_weight > 0)
     supervised = (nll * weights).sum()
-    objective = supervised + context_weight * (nll * (1 - weights)).sum() if context_weight > 0 else supervised
+    if context_weight > 0:
+        context = 1 - weights
+        if context_skip is not None and len(context_skip) == len(context):  # else a micro-batch scored as 0
+            context = context * ~context_skip.to(context.device)
+        objective = supervised + context_weight * (nll * context).sum()
+    else:
+        objective = supervised
     (objective * scale).backward()
     return supervised.detach()
 
@@ -184,19 +195,31 @@ def token_pairs(ids: np.ndarray, targets: np.ndarray) -> np.ndarray:
     return (ids.astype(np.int64) << 32) + targets
 
 
+def repeated_pairs(batch: MicroBatch) -> tuple[np.ndarray, np.ndarray]:
+    """The (input token, target) pairs of a packed micro-batch, and which of them occur earlier in the same
+    conversation."""
+    pairs = token_pairs(batch.input_ids.numpy(), batch.targets.numpy())
+    repeated = np.zeros(len(pairs), dtype=bool)
+    start = 0
+    for n in batch.seqlens:
+        _, first, inverse = np.unique(pairs[start:start + n], return_index=True, return_inverse=True)
+        repeated[start:start + n] = first[inverse] < np.arange(n)
+        start += n
+    return pairs, repeated
+
+
 def copy_targets(batch: MicroBatch, known_pairs: np.ndarray) -> torch.Tensor:
     """Which targets only copying predicts: the pair (input token, target) occurs earlier in the same conversation
     and nowhere in the training data (a new name or number that the context spells out)."""
-    pairs = token_pairs(batch.input_ids.numpy(), batch.targets.numpy())
-    copy = np.zeros(len(pairs), dtype=bool)
-    start = 0
-    for n in batch.seqlens:
-        seq = pairs[start:start + n]
-        _, first, inverse = np.unique(seq, return_index=True, return_inverse=True)
-        copy[start:start + n] = first[inverse] < np.arange(n)
-        start += n
-    copy &= ~np.isin(pairs, known_pairs)
-    return torch.from_numpy(copy)
+    pairs, repeated = repeated_pairs(batch)
+    return torch.from_numpy(repeated & ~np.isin(pairs, known_pairs))
+
+
+def new_numbers(batch: MicroBatch, digits: np.ndarray) -> torch.Tensor:
+    """Which targets spell a number the conversation has not spelt before: digit tokens (`digits`, a flag per token
+    id) whose pair (input token, target) does not occur earlier in the conversation."""
+    _, repeated = repeated_pairs(batch)
+    return torch.from_numpy(digits[batch.targets.numpy()] & ~repeated)
 
 
 def number_tokens(tokenizer: Tokenizer) -> np.ndarray:
@@ -258,6 +281,7 @@ def _train(cfg: SFTConfig, env: DistEnv) -> Path:
     mcfg = model_config(cfg, tokenizer)
     run_dir, log, resume_from = open_run(cfg, env)
     planner, held_out = _load_data(cfg, tokenizer, log)
+    digits = None if cfg.context_loss_new_numbers else number_tokens(tokenizer)
     total_steps = cfg.max_steps if cfg.max_steps > 0 else planner.total_steps(cfg.epochs)
     if total_steps <= 0:
         raise run_config.RunConfigError(f"no full global batch: {len(planner.dataset)} conversations, "
@@ -308,7 +332,9 @@ def _train(cfg: SFTConfig, env: DistEnv) -> Path:
         nll = torch.zeros((), dtype=torch.float64, device=env.device)
         for i, micro in enumerate(batch.micro_batches):
             distributed.set_gradient_sync(model, i == len(batch.micro_batches) - 1)
-            nll += micro_step(model, micro, scale, env.device, autocast_dtype, cfg.context_loss_weight).double()
+            skip = None if cfg.context_loss_new_numbers else new_numbers(micro, digits)
+            nll += micro_step(model, micro, scale, env.device, autocast_dtype, cfg.context_loss_weight,
+                              skip).double()
         loss = float(distributed.all_reduce_sum(nll, env)) / batch.supervised_tokens
         lr = optimizer.param_groups[0]["lr"]
         if clock:
