@@ -54,7 +54,7 @@ class SFTConfig(TrainerConfig):
     # > 0: the loss also counts the tokens the policy does not generate (system prompt, question, tool responses),
     # each with this weight relative to a supervised token; the logged loss stays the supervised one
     context_loss_weight: float = 0.0
-    # with context_loss_weight > 0, false: the context loss leaves out the digit targets that start a number the
+    # with context_loss_weight > 0, false: the context loss leaves out the digit targets that spell a number the
     # conversation has not spelt before (see new_numbers): random values nothing predicts, whose loss teaches a
     # small model only the distribution of digits
     context_loss_new_numbers: bool = True
@@ -181,7 +181,7 @@ def micro_step(model, batch: MicroBatch, scale: float, device, autocast_dtype: t
     supervised = (nll * weights).sum()
     if context_weight > 0:
         context = 1 - weights
-        if context_skip is not None and len(context_skip) == len(context):  # else a micro-batch scored as 0
+        if context_skip is not None and batch.weights.any():  # a padding micro-batch scores one position, as 0
             context = context * ~context_skip.to(context.device)
         objective = supervised + context_weight * (nll * context).sum()
     else:
