@@ -50,6 +50,7 @@ VARIANTS = {
     "avx2-seed1": (1, 2, True),
     "seed6": (6, 1, False),
     "seed7": (7, 1, False),
+    "seed8": (8, 1, False),
 }
 SHARED = ("world", "data", "tokenizer")
 

@@ -11,22 +11,32 @@ supervised targets that are:
 and the mean cosine similarity between the input embeddings of the digit-pair tokens, and between those of the
 other tokens (the demo model ties its input and output embeddings).
 
+With --attention, also where the copying heads look: for each digit pair and each name piece that copies (a
+target t after input token x, with the pair x t spelt earlier in the conversation), the attention weight that
+each head puts, at x, on the earlier spellings' t (the token an induction head copies); the mean over those targets,
+per layer and head, and for each layer its head that puts the most there.
+
     python benchmarks/number_copying.py runs/demo/sft/final runs/variants/seed2/sft/final --data runs/demo/data
+    python benchmarks/number_copying.py runs/demo/sft/pre_decay --data runs/demo/data --attention --eval-limit 16
 
 The last line printed is JSON.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from litere import model as model_module  # noqa: E402
 from litere.tokenizer import Tokenizer  # noqa: E402
 from litere.train import sft  # noqa: E402
 from litere.train.sft_data import DataPosition  # noqa: E402
@@ -40,14 +50,18 @@ class _Quiet:
         pass
 
 
-def held_out_split(model_dir: Path, data: Path, eval_limit: int) -> dict:
+def load_probe(model_dir: Path, data: Path, eval_limit: int):
+    """The model and the held-out probe's step (the trainer's: the first `eval_limit` held-out conversations)."""
     tokenizer = Tokenizer.from_dir(model_dir)
     cfg = sft.SFTConfig(train_files=[str(data / "train.jsonl")], eval_files=[str(data / "eval.jsonl")],
                         eval_limit=eval_limit, cutoff_len=4096, overlong="drop", pack_tokens=4096)
     _, held_out = sft._load_data(cfg, tokenizer, _Quiet())
-    model = load_model(model_dir).eval()
+    return load_model(model_dir).eval(), held_out, held_out.planner.batch(DataPosition(), 0, 1)
+
+
+def held_out_split(model_dir: Path, data: Path, eval_limit: int) -> dict:
+    model, held_out, batch = load_probe(model_dir, data, eval_limit)
     sums = {name: [0.0, 0] for name in CLASSES}
-    batch = held_out.planner.batch(DataPosition(), 0, 1)
     with torch.no_grad():
         for micro in batch.micro_batches:
             supervised = micro.weights.nonzero().squeeze(1)
@@ -68,6 +82,61 @@ def held_out_split(model_dir: Path, data: Path, eval_limit: int) -> dict:
             "other_embedding_cosine": mean_cosine(embeddings[torch.from_numpy(~held_out.numbers)])}
 
 
+@contextlib.contextmanager
+def recorded_attention(weights: list):
+    """The model's packed attention, computed explicitly: each layer appends its weights per document, (heads,
+    queries, keys)."""
+    def attention(q, k, v, cu_seqlens, max_seqlen, scale=None):
+        group = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(group, 1).float(), v.repeat_interleave(group, 1).float()
+        bounds, out, layer = cu_seqlens.tolist(), torch.empty_like(q), []
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            scores = torch.einsum("qhd,khd->hqk", q[a:b].float(), k[a:b]) / q.shape[-1] ** 0.5
+            causal = torch.ones(b - a, b - a, dtype=torch.bool).triu(1)
+            layer.append(F.softmax(scores.masked_fill(causal, float("-inf")), -1))
+            out[a:b] = torch.einsum("hqk,khd->qhd", layer[-1], v[a:b]).to(q.dtype)
+        weights.append(layer)
+        return out
+    real = model_module.kernels.attention
+    model_module.kernels.attention = attention
+    try:
+        yield
+    finally:
+        model_module.kernels.attention = real
+
+
+ATTENTION_CLASSES = ("first digit pair", "later digit pair", "name copy")
+
+
+def copy_attention(model_dir: Path, data: Path, eval_limit: int) -> dict:
+    """Mean attention weight per (layer, head) on the earlier spellings of what a copying target copies."""
+    model, held_out, batch = load_probe(model_dir, data, eval_limit)
+    shape = (model.config.num_hidden_layers, model.config.num_attention_heads)
+    sums = {name: [np.zeros(shape), 0] for name in ATTENTION_CLASSES}
+    with torch.no_grad():
+        for micro in batch.micro_batches:
+            weights = []
+            with recorded_attention(weights):
+                model(micro.input_ids, micro.positions, seqlens=micro.seqlens)
+            inputs, targets = micro.input_ids.numpy(), micro.targets.numpy()
+            copy = sft.copy_targets(micro, held_out.known_pairs).numpy()
+            starts = np.cumsum([0, *micro.seqlens])
+            for i in micro.weights.nonzero().squeeze(1).tolist():
+                digit, after_digit = held_out.numbers[targets[i]], held_out.numbers[inputs[i]]
+                name = (CLASSES[1] if digit and after_digit else CLASSES[0] if digit
+                        else CLASSES[2] if copy[i] else None)
+                doc = int(np.searchsorted(starts, i, side="right")) - 1
+                a = int(starts[doc])
+                sources = [j - a for j in range(a + 1, i) if inputs[j - 1] == inputs[i] and inputs[j] == targets[i]]
+                if name is None or not sources:
+                    continue
+                sums[name][0] += np.array([layer[doc][:, i - a, sources].sum(-1).numpy() for layer in weights])
+                sums[name][1] += 1
+    return {"model": str(model_dir),
+            "attention": {name: (total / n).round(3).tolist() if n else None for name, (total, n) in sums.items()},
+            "targets": {name: n for name, (_, n) in sums.items()}}
+
+
 def mean_cosine(vectors: torch.Tensor) -> float:
     """The mean cosine similarity over the distinct pairs of rows."""
     unit = vectors / vectors.norm(dim=1, keepdim=True).clamp_min(1e-12)
@@ -82,14 +151,31 @@ def main(argv=None) -> int:
     parser.add_argument("--data", type=Path, required=True, help="the demo's SFT data (train.jsonl, eval.jsonl)")
     parser.add_argument("--eval-limit", type=int, default=64, help="held-out conversations (the trainer's probe)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--attention", action="store_true", help="also where the copying heads look")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.attention:
+        return print_attention([copy_attention(m, args.data, args.eval_limit) for m in args.models])
     rows = [held_out_split(m, args.data, args.eval_limit) for m in args.models]
     print("| model | " + " | ".join(f"loss: {c}" for c in CLASSES) + " | cosine: digit embeddings | cosine: others |")
     print("|---|" + "---:|" * (len(CLASSES) + 2))
     for r in rows:
         losses = " | ".join("—" if r["loss"][c] is None else f"{r['loss'][c]:.3f}" for c in CLASSES)
         print(f"| {r['model']} | {losses} | {r['digit_embedding_cosine']:.3f} | {r['other_embedding_cosine']:.3f} |")
+    print(json.dumps(rows))
+    return 0
+
+
+def print_attention(rows: list[dict]) -> int:
+    layers = len(next(a for r in rows for a in r["attention"].values() if a))
+    print("| model | targets | " + " | ".join(f"layer {i}: best head (weight)" for i in range(layers)) + " |")
+    print("|---|---|" + "---:|" * layers)
+    for r in rows:
+        for name, per_layer in r["attention"].items():
+            if per_layer is None:
+                continue
+            best = " | ".join(f"{int(np.argmax(h))} ({max(h):.2f})" for h in per_layer)
+            print(f"| {r['model']} | {name} ({r['targets'][name]}) | {best} |")
     print(json.dumps(rows))
     return 0
 

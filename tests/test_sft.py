@@ -163,6 +163,19 @@ def test_new_numbers_are_digit_targets_the_conversation_has_not_spelt_before():
     assert sft.new_numbers(two, digits).tolist() == [True, True, False, True, True, False, False, False]
 
 
+def test_number_copies_are_digit_targets_whose_pair_the_conversation_has_spelt_before():
+    from litere.train.sft_data import MicroBatch
+    digits = numpy.zeros(10, dtype=bool)
+    digits[[2, 3]] = True
+    ids = torch.tensor([5, 2, 3, 5, 2, 3, 5, 2, 3])  # ": 25 08" spelt three times
+    batch = MicroBatch(ids[:-1], torch.zeros(8, dtype=torch.long), ids[1:], torch.ones(8), [8])
+    # targets 2 3 5 2 3 5 2 3: the second and third spellings copy the first; the 5s are not digits
+    assert sft.number_copies(batch, digits).tolist() == [False, False, False, True, True, False, True, True]
+    two = MicroBatch(ids[:-1], torch.zeros(8, dtype=torch.long), ids[1:], torch.ones(8), [3, 5])
+    # the second conversation (from position 3) copies only its own first spelling
+    assert sft.number_copies(two, digits).tolist() == [False, False, False, False, False, False, True, True]
+
+
 def run_with_copy_losses(data_dir, run_dir, monkeypatch, copy_losses: dict, number_losses: dict | None = None,
                          **settings):
     """A run whose held-out copy loss at step s is copy_losses[s] (5.0 where not given), and with number_losses
@@ -467,9 +480,10 @@ def test_context_skip_leaves_those_targets_out_of_the_context_loss_only(data_dir
 def test_context_loss_new_numbers_false_skips_the_new_numbers_of_each_micro_batch(data_dir, tmp_path, monkeypatch):
     real, seen = sft.micro_step, []
 
-    def recording(model, batch, scale, device, autocast_dtype, context_weight=0.0, context_skip=None):
+    def recording(model, batch, scale, device, autocast_dtype, context_weight=0.0, context_skip=None,
+                  target_scale=None):
         seen.append((batch, context_skip))
-        return real(model, batch, scale, device, autocast_dtype, context_weight, context_skip)
+        return real(model, batch, scale, device, autocast_dtype, context_weight, context_skip, target_scale)
     monkeypatch.setattr(sft, "micro_step", recording)
     run(data_dir, tmp_path / "default", max_steps=1, export=False, context_loss_weight=0.5)
     assert seen[0][1] is None
@@ -478,6 +492,48 @@ def test_context_loss_new_numbers_false_skips_the_new_numbers_of_each_micro_batc
         context_loss_new_numbers=False)
     digits = sft.number_tokens(Tokenizer.from_dir(data_dir / "tok"))
     assert seen and all(torch.equal(skip, sft.new_numbers(batch, digits)) for batch, skip in seen)
+
+
+def test_target_scale_weighs_each_term_of_the_objective_and_not_the_returned_loss(data_dir):
+    tok = Tokenizer.from_dir(data_dir / "tok")
+    dataset, _ = load_sft_dataset([data_dir / "train.jsonl"], tok, cutoff_len=512)
+    (packed,) = BatchPlanner(dataset, global_batch=4, unit="sequences", pack_tokens=4096, seed=0).batch(
+        DataPosition()).micro_batches
+    target_scale = 1 + 4.0 * (torch.arange(len(packed.targets)) % 5 == 0)  # supervised and context targets alike
+    model = random_model(small_config(vocab_size=tok.vocab_size)).train()
+    cpu = torch.device("cpu")
+
+    model.zero_grad()
+    returned = sft.micro_step(model, packed, 0.01, cpu, None, context_weight=0.3, target_scale=target_scale)
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    hidden = model(packed.input_ids, packed.positions, seqlens=packed.seqlens)
+    nll = -torch.log_softmax(model.logits(hidden).float(), -1).gather(1, packed.targets[:, None])[:, 0]
+    supervised = (nll * packed.weights).sum()
+    objective = (nll * target_scale * packed.weights).sum() + 0.3 * (nll * target_scale * (1 - packed.weights)).sum()
+    (0.01 * objective).backward()
+    assert returned.item() == pytest.approx(supervised.item(), rel=1e-5)
+    for got, want in zip(grads, (p.grad for p in model.parameters())):
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-4)
+
+
+def test_number_copy_weight_scales_the_number_copies_of_each_micro_batch(data_dir, tmp_path, monkeypatch):
+    real, seen = sft.micro_step, []
+
+    def recording(model, batch, scale, device, autocast_dtype, context_weight=0.0, context_skip=None,
+                  target_scale=None):
+        seen.append((batch, target_scale))
+        return real(model, batch, scale, device, autocast_dtype, context_weight, context_skip, target_scale)
+    monkeypatch.setattr(sft, "micro_step", recording)
+    run(data_dir, tmp_path / "default", max_steps=1, export=False, context_loss_weight=0.5)
+    assert seen[0][1] is None
+    seen.clear()
+    run(data_dir, tmp_path / "weighted", max_steps=1, export=False, context_loss_weight=0.5, number_copy_weight=3.0)
+    digits = sft.number_tokens(Tokenizer.from_dir(data_dir / "tok"))
+    assert seen and all(torch.equal(scale, 1 + 2 * sft.number_copies(batch, digits).float()) for batch, scale in seen)
+    assert any(scale.max() == 3 for _, scale in seen)
+    with pytest.raises(run_config.RunConfigError, match="number_copy_weight"):
+        sft.SFTConfig(number_copy_weight=0)
 
 
 def test_a_padding_micro_batch_adds_no_gradient_with_the_context_loss(data_dir):

@@ -58,6 +58,11 @@ class SFTConfig(TrainerConfig):
     # conversation has not spelt before (see new_numbers): random values nothing predicts, whose loss teaches a
     # small model only the distribution of digits
     context_loss_new_numbers: bool = True
+    # the targets that copy a number (digit tokens whose pair (input token, target) occurs earlier in the
+    # conversation, see number_copies) count this many times in the objective, supervised or context; 1: once. A
+    # small model learns to copy names early and numbers last: its copying heads attend to a number's earlier
+    # spelling only after a phase change (BENCHMARKS.md, "Numbers")
+    number_copy_weight: float = 1.0
     # > 0: train for this many minutes of wall-clock time instead of a step count; warmup and cosine run over the
     # time budget and training stops when it is spent (or earlier, when epochs / max_steps are done)
     budget_minutes: float = 0.0
@@ -125,6 +130,9 @@ class SFTConfig(TrainerConfig):
             raise run_config.RunConfigError(f"cutoff_len={self.cutoff_len}: need at least 2 tokens", key="cutoff_len")
         if not 0 <= self.min_lr_ratio <= 1:
             raise run_config.RunConfigError(f"min_lr_ratio={self.min_lr_ratio} must be in [0, 1]", key="min_lr_ratio")
+        if self.number_copy_weight <= 0:
+            raise run_config.RunConfigError(f"number_copy_weight={self.number_copy_weight} must be > 0",
+                                            key="number_copy_weight")
         if self.context_loss_weight < 0:
             raise run_config.RunConfigError(f"context_loss_weight={self.context_loss_weight} must be >= 0")
         if self.budget_minutes < 0:
@@ -169,23 +177,26 @@ def token_nll(model, batch: MicroBatch, device, autocast_dtype: torch.dtype | No
 
 
 def micro_step(model, batch: MicroBatch, scale: float, device, autocast_dtype: torch.dtype | None,
-               context_weight: float = 0.0, context_skip: torch.Tensor | None = None) -> torch.Tensor:
+               context_weight: float = 0.0, context_skip: torch.Tensor | None = None,
+               target_scale: torch.Tensor | None = None) -> torch.Tensor:
     """Forward and backward of one packed micro-batch; returns its summed supervised -logprob (detached).
 
     With context_weight > 0 the objective also counts every other target (system prompt, question, tool
     responses) with that weight: a language-modelling loss on the context, which gives a model trained from
     scratch many more examples of copying names and values than its own turns hold. `context_skip` flags targets
-    that the context loss leaves out.
+    that the context loss leaves out; `target_scale` multiplies each target's term of the objective (the returned
+    supervised sum is unscaled).
     """
     nll, weights = token_nll(model, batch, device, autocast_dtype, every_target=context_weight > 0)
     supervised = (nll * weights).sum()
+    padding = not batch.weights.any()  # a padding micro-batch scores one position, as 0
+    scaled = nll if target_scale is None or padding else nll * target_scale.to(nll.device)
+    objective = (scaled * weights).sum()
     if context_weight > 0:
         context = 1 - weights
-        if context_skip is not None and batch.weights.any():  # a padding micro-batch scores one position, as 0
+        if context_skip is not None and not padding:
             context = context * ~context_skip.to(context.device)
-        objective = supervised + context_weight * (nll * context).sum()
-    else:
-        objective = supervised
+        objective = objective + context_weight * (scaled * context).sum()
     (objective * scale).backward()
     return supervised.detach()
 
@@ -220,6 +231,13 @@ def new_numbers(batch: MicroBatch, digits: np.ndarray) -> torch.Tensor:
     id) whose pair (input token, target) does not occur earlier in the conversation."""
     _, repeated = repeated_pairs(batch)
     return torch.from_numpy(digits[batch.targets.numpy()] & ~repeated)
+
+
+def number_copies(batch: MicroBatch, digits: np.ndarray) -> torch.Tensor:
+    """Which targets copy a number: digit tokens whose pair (input token, target) occurs earlier in the
+    conversation."""
+    _, repeated = repeated_pairs(batch)
+    return torch.from_numpy(digits[batch.targets.numpy()] & repeated)
 
 
 def number_tokens(tokenizer: Tokenizer) -> np.ndarray:
@@ -281,7 +299,7 @@ def _train(cfg: SFTConfig, env: DistEnv) -> Path:
     mcfg = model_config(cfg, tokenizer)
     run_dir, log, resume_from = open_run(cfg, env)
     planner, held_out = _load_data(cfg, tokenizer, log)
-    digits = None if cfg.context_loss_new_numbers else number_tokens(tokenizer)
+    digits = None if cfg.context_loss_new_numbers and cfg.number_copy_weight == 1 else number_tokens(tokenizer)
     total_steps = cfg.max_steps if cfg.max_steps > 0 else planner.total_steps(cfg.epochs)
     if total_steps <= 0:
         raise run_config.RunConfigError(f"no full global batch: {len(planner.dataset)} conversations, "
@@ -333,8 +351,10 @@ def _train(cfg: SFTConfig, env: DistEnv) -> Path:
         for i, micro in enumerate(batch.micro_batches):
             distributed.set_gradient_sync(model, i == len(batch.micro_batches) - 1)
             skip = None if cfg.context_loss_new_numbers else new_numbers(micro, digits)
+            boost = (None if cfg.number_copy_weight == 1
+                     else 1 + (cfg.number_copy_weight - 1) * number_copies(micro, digits).float())
             nll += micro_step(model, micro, scale, env.device, autocast_dtype, cfg.context_loss_weight,
-                              skip).double()
+                              skip, boost).double()
         loss = float(distributed.all_reduce_sum(nll, env)) / batch.supervised_tokens
         lr = optimizer.param_groups[0]["lr"]
         if clock:

@@ -1,0 +1,31 @@
+"""benchmarks/number_copying.py's attention probe: the explicit attention it records is the model's own."""
+import sys
+from pathlib import Path
+
+import torch
+
+from model_utils import random_model, small_config
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import number_copying  # noqa: E402
+
+
+def test_recorded_attention_leaves_the_forward_unchanged_and_keeps_each_documents_weights():
+    model = random_model(small_config()).eval()
+    ids = torch.randint(0, model.config.vocab_size, (11,))
+    positions = torch.cat([torch.arange(7), torch.arange(4)])
+    with torch.no_grad():
+        plain = model(ids, positions, seqlens=[7, 4])
+        weights = []
+        with number_copying.recorded_attention(weights):
+            recorded = model(ids, positions, seqlens=[7, 4])
+        after = model(ids, positions, seqlens=[7, 4])
+    torch.testing.assert_close(recorded, plain, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(after, plain)  # the model's kernel is back
+    assert len(weights) == model.config.num_hidden_layers
+    heads = model.config.num_attention_heads
+    for layer in weights:
+        assert [tuple(doc.shape) for doc in layer] == [(heads, 7, 7), (heads, 4, 4)]
+        for doc in layer:
+            torch.testing.assert_close(doc.sum(-1), torch.ones(doc.shape[:2]))
+            assert not doc.triu(1).any()  # causal
