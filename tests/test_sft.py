@@ -432,106 +432,79 @@ def test_a_resumed_time_budget_counts_the_time_already_spent(data_dir, tmp_path,
         assert resumed[step] == pytest.approx(reference[step], abs=1e-6)
 
 
-def test_context_loss_weight_adds_the_other_targets_to_the_objective_only(data_dir):
+def assert_micro_step_objective(data_dir, options, objective):
+    """On one packed batch, micro_step(**options(number of targets)) has the gradients of
+    0.01 * objective(nll, weights, those options) and returns the unweighted supervised sum."""
     tok = Tokenizer.from_dir(data_dir / "tok")
     dataset, _ = load_sft_dataset([data_dir / "train.jsonl"], tok, cutoff_len=512)
     (packed,) = BatchPlanner(dataset, global_batch=4, unit="sequences", pack_tokens=4096, seed=0).batch(
         DataPosition()).micro_batches
+    assert 0 < packed.weights.sum() < len(packed.weights)
+    settings = options(len(packed.targets))
     model = random_model(small_config(vocab_size=tok.vocab_size)).train()
-    cpu = torch.device("cpu")
-
     model.zero_grad()
-    returned = sft.micro_step(model, packed, 0.01, cpu, None, context_weight=0.3)
+    returned = sft.micro_step(model, packed, 0.01, torch.device("cpu"), None, **settings)
     grads = [p.grad.clone() for p in model.parameters()]
     model.zero_grad()
     hidden = model(packed.input_ids, packed.positions, seqlens=packed.seqlens)
     nll = -torch.log_softmax(model.logits(hidden).float(), -1).gather(1, packed.targets[:, None])[:, 0]
-    supervised, context = (nll * packed.weights).sum(), (nll * (1 - packed.weights)).sum()
-    assert 0 < packed.weights.sum() < len(packed.weights)
-    (0.01 * (supervised + 0.3 * context)).backward()
-    assert returned.item() == pytest.approx(supervised.item(), rel=1e-5)
+    (0.01 * objective(nll, packed.weights, settings)).backward()
+    assert returned.item() == pytest.approx((nll * packed.weights).sum().item(), rel=1e-5)
     for got, want in zip(grads, (p.grad for p in model.parameters())):
         torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-4)
+
+
+def test_context_loss_weight_adds_the_other_targets_to_the_objective_only(data_dir):
+    assert_micro_step_objective(data_dir, lambda n: dict(context_weight=0.3),
+                                lambda nll, w, _: (nll * w).sum() + 0.3 * (nll * (1 - w)).sum())
 
 
 def test_context_skip_leaves_those_targets_out_of_the_context_loss_only(data_dir):
-    tok = Tokenizer.from_dir(data_dir / "tok")
-    dataset, _ = load_sft_dataset([data_dir / "train.jsonl"], tok, cutoff_len=512)
-    (packed,) = BatchPlanner(dataset, global_batch=4, unit="sequences", pack_tokens=4096, seed=0).batch(
-        DataPosition()).micro_batches
-    skip = torch.arange(len(packed.targets)) % 3 == 0  # supervised and context targets alike
-    model = random_model(small_config(vocab_size=tok.vocab_size)).train()
-    cpu = torch.device("cpu")
-
-    model.zero_grad()
-    returned = sft.micro_step(model, packed, 0.01, cpu, None, context_weight=0.3, context_skip=skip)
-    grads = [p.grad.clone() for p in model.parameters()]
-    model.zero_grad()
-    hidden = model(packed.input_ids, packed.positions, seqlens=packed.seqlens)
-    nll = -torch.log_softmax(model.logits(hidden).float(), -1).gather(1, packed.targets[:, None])[:, 0]
-    supervised = (nll * packed.weights).sum()
-    context = (nll * (1 - packed.weights) * ~skip).sum()
-    (0.01 * (supervised + 0.3 * context)).backward()
-    assert returned.item() == pytest.approx(supervised.item(), rel=1e-5)  # supervised targets are never skipped
-    for got, want in zip(grads, (p.grad for p in model.parameters())):
-        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-4)
+    # supervised and context targets alike are flagged; the returned sum is still the whole supervised one
+    assert_micro_step_objective(
+        data_dir, lambda n: dict(context_weight=0.3, context_skip=torch.arange(n) % 3 == 0),
+        lambda nll, w, o: (nll * w).sum() + 0.3 * (nll * (1 - w) * ~o["context_skip"]).sum())
 
 
-def test_context_loss_new_numbers_false_skips_the_new_numbers_of_each_micro_batch(data_dir, tmp_path, monkeypatch):
+def record_micro_steps(monkeypatch) -> list:
+    """(micro-batch, context_skip, target_scale) of every micro_step the trainer makes."""
     real, seen = sft.micro_step, []
 
     def recording(model, batch, scale, device, autocast_dtype, context_weight=0.0, context_skip=None,
                   target_scale=None):
-        seen.append((batch, context_skip))
+        seen.append((batch, context_skip, target_scale))
         return real(model, batch, scale, device, autocast_dtype, context_weight, context_skip, target_scale)
     monkeypatch.setattr(sft, "micro_step", recording)
+    return seen
+
+
+def test_context_loss_new_numbers_false_skips_the_new_numbers_of_each_micro_batch(data_dir, tmp_path, monkeypatch):
+    seen = record_micro_steps(monkeypatch)
     run(data_dir, tmp_path / "default", max_steps=1, export=False, context_loss_weight=0.5)
     assert seen[0][1] is None
     seen.clear()
     run(data_dir, tmp_path / "skip", max_steps=1, export=False, context_loss_weight=0.5,
         context_loss_new_numbers=False)
     digits = sft.number_tokens(Tokenizer.from_dir(data_dir / "tok"))
-    assert seen and all(torch.equal(skip, sft.new_numbers(batch, digits)) for batch, skip in seen)
+    assert seen and all(torch.equal(skip, sft.new_numbers(batch, digits)) for batch, skip, _ in seen)
 
 
 def test_target_scale_weighs_each_term_of_the_objective_and_not_the_returned_loss(data_dir):
-    tok = Tokenizer.from_dir(data_dir / "tok")
-    dataset, _ = load_sft_dataset([data_dir / "train.jsonl"], tok, cutoff_len=512)
-    (packed,) = BatchPlanner(dataset, global_batch=4, unit="sequences", pack_tokens=4096, seed=0).batch(
-        DataPosition()).micro_batches
-    target_scale = 1 + 4.0 * (torch.arange(len(packed.targets)) % 5 == 0)  # supervised and context targets alike
-    model = random_model(small_config(vocab_size=tok.vocab_size)).train()
-    cpu = torch.device("cpu")
-
-    model.zero_grad()
-    returned = sft.micro_step(model, packed, 0.01, cpu, None, context_weight=0.3, target_scale=target_scale)
-    grads = [p.grad.clone() for p in model.parameters()]
-    model.zero_grad()
-    hidden = model(packed.input_ids, packed.positions, seqlens=packed.seqlens)
-    nll = -torch.log_softmax(model.logits(hidden).float(), -1).gather(1, packed.targets[:, None])[:, 0]
-    supervised = (nll * packed.weights).sum()
-    objective = (nll * target_scale * packed.weights).sum() + 0.3 * (nll * target_scale * (1 - packed.weights)).sum()
-    (0.01 * objective).backward()
-    assert returned.item() == pytest.approx(supervised.item(), rel=1e-5)
-    for got, want in zip(grads, (p.grad for p in model.parameters())):
-        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-4)
+    assert_micro_step_objective(
+        data_dir, lambda n: dict(context_weight=0.3, target_scale=1 + 4.0 * (torch.arange(n) % 5 == 0)),
+        lambda nll, w, o: (nll * o["target_scale"] * w).sum() + 0.3 * (nll * o["target_scale"] * (1 - w)).sum())
 
 
 def test_number_copy_weight_scales_the_number_copies_of_each_micro_batch(data_dir, tmp_path, monkeypatch):
-    real, seen = sft.micro_step, []
-
-    def recording(model, batch, scale, device, autocast_dtype, context_weight=0.0, context_skip=None,
-                  target_scale=None):
-        seen.append((batch, target_scale))
-        return real(model, batch, scale, device, autocast_dtype, context_weight, context_skip, target_scale)
-    monkeypatch.setattr(sft, "micro_step", recording)
+    seen = record_micro_steps(monkeypatch)
     run(data_dir, tmp_path / "default", max_steps=1, export=False, context_loss_weight=0.5)
-    assert seen[0][1] is None
+    assert seen[0][2] is None
     seen.clear()
     run(data_dir, tmp_path / "weighted", max_steps=1, export=False, context_loss_weight=0.5, number_copy_weight=3.0)
     digits = sft.number_tokens(Tokenizer.from_dir(data_dir / "tok"))
-    assert seen and all(torch.equal(scale, 1 + 2 * sft.number_copies(batch, digits).float()) for batch, scale in seen)
-    assert any(scale.max() == 3 for _, scale in seen)
+    assert seen and all(torch.equal(scale, 1 + 2 * sft.number_copies(batch, digits).float())
+                        for batch, _, scale in seen)
+    assert any(scale.max() == 3 for _, _, scale in seen)
     with pytest.raises(run_config.RunConfigError, match="number_copy_weight"):
         sft.SFTConfig(number_copy_weight=0)
 
