@@ -59,18 +59,30 @@ def load_probe(model_dir: Path, data: Path, eval_limit: int):
     return load_model(model_dir).eval(), held_out, held_out.planner.batch(DataPosition(), 0, 1)
 
 
+def target_classes(micro, held_out) -> tuple[np.ndarray, ...]:
+    """One flag per target of a micro-batch for each of CLASSES."""
+    copy = sft.copy_targets(micro, held_out.known_pairs).numpy()
+    digits = held_out.numbers[micro.targets.numpy()]
+    after_digits = held_out.numbers[micro.input_ids.numpy()]
+    return digits & ~after_digits, digits & after_digits, copy & ~digits, ~copy & ~digits
+
+
+def copy_sources(pairs: np.ndarray, start: int, i: int) -> np.ndarray:
+    """Positions j in [start + 1, i) of a packed stream whose preceding pair (token j-1, token j) is the pair
+    (input, target) of position i: where an induction head at i finds the token to copy. `pairs` holds
+    sft.token_pairs of the stream, so pairs[j - 1] is that preceding pair."""
+    return np.nonzero(pairs[start:i - 1] == pairs[i])[0] + start + 1
+
+
 def held_out_split(model_dir: Path, data: Path, eval_limit: int) -> dict:
     model, held_out, batch = load_probe(model_dir, data, eval_limit)
     sums = {name: [0.0, 0] for name in CLASSES}
     with torch.no_grad():
         for micro in batch.micro_batches:
             supervised = micro.weights.nonzero().squeeze(1)
-            copy = sft.copy_targets(micro, held_out.known_pairs)[supervised].numpy()
-            digits = held_out.numbers[micro.targets[supervised].numpy()]
-            after_digits = held_out.numbers[micro.input_ids[supervised].numpy()]
+            masks = [m[supervised.numpy()] for m in target_classes(micro, held_out)]
             nll, _ = sft.token_nll(model, micro, torch.device("cpu"), None)
             nll = nll.float().numpy()
-            masks = (digits & ~after_digits, digits & after_digits, copy & ~digits, ~copy & ~digits)
             for name, mask in zip(CLASSES, masks):
                 sums[name][0] += float(nll[mask].sum())
                 sums[name][1] += int(mask.sum())
@@ -105,7 +117,7 @@ def recorded_attention(weights: list):
         model_module.kernels.attention = real
 
 
-ATTENTION_CLASSES = ("first digit pair", "later digit pair", "name copy")
+ATTENTION_CLASSES = CLASSES[:3]  # the copying ones
 
 
 def copy_attention(model_dir: Path, data: Path, eval_limit: int) -> dict:
@@ -118,20 +130,17 @@ def copy_attention(model_dir: Path, data: Path, eval_limit: int) -> dict:
             weights = []
             with recorded_attention(weights):
                 model(micro.input_ids, micro.positions, seqlens=micro.seqlens)
-            inputs, targets = micro.input_ids.numpy(), micro.targets.numpy()
-            copy = sft.copy_targets(micro, held_out.known_pairs).numpy()
+            pairs = sft.token_pairs(micro.input_ids.numpy(), micro.targets.numpy())
             starts = np.cumsum([0, *micro.seqlens])
-            for i in micro.weights.nonzero().squeeze(1).tolist():
-                digit, after_digit = held_out.numbers[targets[i]], held_out.numbers[inputs[i]]
-                name = (CLASSES[1] if digit and after_digit else CLASSES[0] if digit
-                        else CLASSES[2] if copy[i] else None)
-                doc = int(np.searchsorted(starts, i, side="right")) - 1
-                a = int(starts[doc])
-                sources = [j - a for j in range(a + 1, i) if inputs[j - 1] == inputs[i] and inputs[j] == targets[i]]
-                if name is None or not sources:
-                    continue
-                sums[name][0] += np.array([layer[doc][:, i - a, sources].sum(-1).numpy() for layer in weights])
-                sums[name][1] += 1
+            supervised = micro.weights.numpy() > 0
+            for name, mask in zip(ATTENTION_CLASSES, target_classes(micro, held_out)):
+                for i in np.nonzero(mask & supervised)[0]:
+                    doc = int(np.searchsorted(starts, i, side="right")) - 1
+                    a = int(starts[doc])
+                    sources = copy_sources(pairs, a, i) - a
+                    if len(sources):
+                        sums[name][0] += np.array([layer[doc][:, i - a, sources].sum(-1).numpy() for layer in weights])
+                        sums[name][1] += 1
     return {"model": str(model_dir),
             "attention": {name: (total / n).round(3).tolist() if n else None for name, (total, n) in sums.items()},
             "targets": {name: n for name, (_, n) in sums.items()}}

@@ -29,3 +29,16 @@ def test_recorded_attention_leaves_the_forward_unchanged_and_keeps_each_document
         for doc in layer:
             torch.testing.assert_close(doc.sum(-1), torch.ones(doc.shape[:2]))
             assert not doc.triu(1).any()  # causal
+
+
+def test_copy_sources_are_the_tokens_after_earlier_spellings_of_the_current_pair_in_its_own_document():
+    import numpy as np
+    from litere.train import sft
+    ids = np.array([7, 5, 2, 3, 5, 2, 9, 5, 2, 3, 5, 2])  # two documents: [7 5 2 3 5 2 9] and [5 2 3 5 2]
+    pairs = sft.token_pairs(ids[:-1], ids[1:])
+    # position 4 (input 5, target 2): 5 -> 2 was spelt at positions 1-2, so the 2 to copy sits at 2; position 10 in
+    # the second document (from 7): at 8, never the first document's; a document's first pair has no source
+    assert number_copying.copy_sources(pairs, 0, 4).tolist() == [2]
+    assert number_copying.copy_sources(pairs, 7, 10).tolist() == [8]
+    assert number_copying.copy_sources(pairs, 7, 7).tolist() == []
+    assert number_copying.copy_sources(pairs, 0, 1).tolist() == []
