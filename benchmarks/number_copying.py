@@ -14,7 +14,9 @@ other tokens (the demo model ties its input and output embeddings).
 With --attention, also where the copying heads look: for each digit pair and each name piece that copies (a
 target t after input token x, with the pair x t spelt earlier in the conversation), the attention weight that
 each head puts, at x, on the earlier spellings' t (the token an induction head copies); the mean over those targets,
-per layer and head, and for each layer its head that puts the most there.
+per layer and head, and for each layer its head that puts the most there; and the mean weight each head puts on
+the token just before the one it reads (row "previous token", every position: an induction head matches a key that
+holds its position's previous token, which an earlier layer must fetch).
 
     python benchmarks/number_copying.py runs/demo/sft/final runs/variants/seed2/sft/final --data runs/demo/data
     python benchmarks/number_copying.py runs/demo/sft/pre_decay --data runs/demo/data --attention --eval-limit 16
@@ -118,18 +120,30 @@ def recorded_attention(weights: list):
 
 
 ATTENTION_CLASSES = CLASSES[:3]  # the copying ones
+PREVIOUS = "previous token"
+
+
+def previous_token_weight(doc: torch.Tensor) -> np.ndarray:
+    """A document's attention weights (heads, queries, keys): each head's summed weight on the token just before
+    each query (the queries after the first)."""
+    return doc.diagonal(-1, dim1=1, dim2=2).sum(-1).numpy()
 
 
 def copy_attention(model_dir: Path, data: Path, eval_limit: int) -> dict:
-    """Mean attention weight per (layer, head) on the earlier spellings of what a copying target copies."""
+    """Mean attention weight per (layer, head) on the earlier spellings of what a copying target copies, and on the
+    previous token (every position: what builds the key an induction head matches)."""
     model, held_out, batch = load_probe(model_dir, data, eval_limit)
     shape = (model.config.num_hidden_layers, model.config.num_attention_heads)
     sums = {name: [np.zeros(shape), 0] for name in ATTENTION_CLASSES}
+    previous = [np.zeros(shape), 0]
     with torch.no_grad():
         for micro in batch.micro_batches:
             weights = []
             with recorded_attention(weights):
                 model(micro.input_ids, micro.positions, seqlens=micro.seqlens)
+            for doc, length in enumerate(micro.seqlens):
+                previous[0] += np.array([previous_token_weight(layer[doc]) for layer in weights])
+                previous[1] += length - 1
             pairs = sft.token_pairs(micro.input_ids.numpy(), micro.targets.numpy())
             starts = np.cumsum([0, *micro.seqlens])
             supervised = micro.weights.numpy() > 0
@@ -141,6 +155,7 @@ def copy_attention(model_dir: Path, data: Path, eval_limit: int) -> dict:
                     if len(sources):
                         sums[name][0] += np.array([layer[doc][:, i - a, sources].sum(-1).numpy() for layer in weights])
                         sums[name][1] += 1
+    sums[PREVIOUS] = previous
     return {"model": str(model_dir),
             "attention": {name: (total / n).round(3).tolist() if n else None for name, (total, n) in sums.items()},
             "targets": {name: n for name, (_, n) in sums.items()}}

@@ -42,3 +42,10 @@ def test_copy_sources_are_the_tokens_after_earlier_spellings_of_the_current_pair
     assert number_copying.copy_sources(pairs, 7, 10).tolist() == [8]
     assert number_copying.copy_sources(pairs, 7, 7).tolist() == []
     assert number_copying.copy_sources(pairs, 0, 1).tolist() == []
+
+
+def test_previous_token_weight_sums_each_heads_weight_on_the_token_before_each_query():
+    doc = torch.zeros(2, 3, 3)
+    doc[0] = torch.tensor([[1.0, 0, 0], [0.25, 0.75, 0], [0.5, 0.25, 0.25]])  # on the previous token: 0.25, 0.25
+    doc[1] = torch.tensor([[1.0, 0, 0], [1.0, 0, 0], [0, 1.0, 0]])           # a previous-token head: 1, 1
+    assert number_copying.previous_token_weight(doc).tolist() == [0.5, 2.0]
