@@ -4,7 +4,8 @@ import torch
 from torch._dynamo.utils import counters
 
 import kernels.reference
-from litere.sampler.decode_graph import CompiledDecode, DecodeAttention
+from litere.sampler import decode_graph
+from litere.sampler.decode_graph import CompiledDecode, CompiledDecodeMismatch, DecodeAttention
 from litere.sampler import Sampler, SamplingParams
 
 from model_utils import drain, random_model, random_prompts, small_config
@@ -141,6 +142,48 @@ def test_decode_attention_equals_the_reference_paged_attention():
                                                  torch.tensor([0, 1, 2, 3], dtype=torch.int32), lengths, 1)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(attention.new_kv[0], torch.stack((k, v)))
+
+
+def faulty_graph(fault, batches):
+    """A stand-in for the compiled step (the eager step with its hidden states spoilt in the batches of more than one
+    row, or in any), as a bad entry in the compile cache gives."""
+    def step(model, input_ids, *rest):
+        hidden, new_kv = decode_graph.decode_step(model, input_ids, *rest)
+        if batches == "of more than one" and len(input_ids) == 1:
+            return hidden, new_kv
+        return (hidden * 1.01 if fault == "off by 1%" else hidden.masked_fill(hidden > 1, float("nan"))), new_kv
+    return lambda *args: step
+
+
+@pytest.mark.parametrize("fault, batches", [("NaN", "any"), ("off by 1%", "any"), ("NaN", "of more than one")])
+def test_a_graph_that_strays_from_the_eager_step_is_dropped_with_a_warning(model, monkeypatch, fault, batches):
+    """Each graph's first result (batch of one, larger batches) is checked against the eager step; one that strays
+    is dropped and the step redone eagerly, so the sampler gives the eager sampler's tokens."""
+    eager = agent_like_workload(Sampler(model, max_cache_tokens=4096, block_size=8))
+    monkeypatch.setattr(decode_graph, "_compiled_step", faulty_graph(fault, batches))
+    calls = count_compiled_steps(monkeypatch)
+    with pytest.warns(RuntimeWarning, match="compiled decode step disagrees .* This sampler decodes eagerly") as caught:
+        compiled = agent_like_workload(Sampler(model, max_cache_tokens=4096, block_size=8, compile="default"))
+    assert len(caught) == 1 and "TORCHINDUCTOR_CACHE_DIR" in str(caught[0].message)
+    assert_same_results(eager, compiled)
+    if batches == "any":  # no step ran through the graph: the eager sampler's results to the bit
+        assert compiled == eager
+    # the workload's first compiled step is a batch of one (its one-token prompt)
+    assert calls == [1] if batches == "any" else (calls[-1] > 1 and set(calls[:-1]) == {1})
+
+
+def test_the_check_against_the_eager_step_allows_rounding_only():
+    gen = torch.Generator().manual_seed(0)
+    hidden, kv = torch.randn(4, 32, generator=gen), torch.randn(2, 2, 4, 2, 8, generator=gen)
+    decode_graph._check_against_eager((hidden, kv), (hidden.bfloat16(), kv.bfloat16()), 4)  # a bf16 model's rounding
+    with pytest.raises(CompiledDecodeMismatch, match="batch of 4 \\(new keys and values: largest difference"):
+        decode_graph._check_against_eager((hidden, kv.bfloat16().float()), (hidden, kv), 4)  # too much for fp32
+    decode_graph._check_against_eager((hidden + 1e-5, kv), (hidden, kv), 4)
+    spoilt = hidden.clone()
+    spoilt[2, 3] = float("inf")
+    with pytest.raises(CompiledDecodeMismatch, match="hidden states: largest difference inf .* 1 not finite"):
+        decode_graph._check_against_eager((spoilt, kv), (hidden, kv), 4)
+    decode_graph._check_against_eager((hidden, kv), (spoilt, kv), 4)  # a non-finite eager result: no verdict
 
 
 def test_bad_compile_mode_is_refused(model):

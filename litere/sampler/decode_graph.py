@@ -15,6 +15,10 @@ Shapes are dynamic: batch size, block-table width and cache size are symbols, so
 contexts and samplers of other cache sizes reuse one compiled graph (per model configuration and dtype). The table
 is given at least two columns, so that a width of one is never specialised; batch size one gets its own graph
 (compiled once, on first use).
+
+The first result of each graph is checked against the same step run eagerly (`CompiledDecodeMismatch` when they
+disagree): a bad entry in torch's on-disk compile cache has been seen to give NaN logits from a graph that compiled
+without complaint (BENCHMARKS.md, "A bad entry in torch's compile cache").
 """
 from __future__ import annotations
 
@@ -26,6 +30,14 @@ import torch.nn.functional as F
 from .kv_cache import PagedKVCache
 
 MODES = ("default", "reduce-overhead")  # reduce-overhead: CUDA graphs
+# the largest difference from the eager step, relative to the eager result's largest magnitude, that a graph's first
+# result may show: reordered float sums stay far below it, a miscompiled kernel's garbage far above
+TOLERANCE = {torch.float32: 1e-3, torch.float64: 1e-6}
+LOW_PRECISION_TOLERANCE = 0.1  # bf16 and fp16: 0.01 measured on the tests' small model
+
+
+class CompiledDecodeMismatch(RuntimeError):
+    """The compiled decode step's first result for a shape disagrees with the eager step's."""
 
 
 class DecodeAttention:
@@ -87,6 +99,7 @@ class CompiledDecode:
         if self.graphs:
             torch._dynamo.mark_static_address(cache.data)
         self._step = _compiled_step(model, device, mode)
+        self._checked: set = set()  # the graphs whose first result matched the eager step
 
     def __call__(self, input_ids, positions, slots, block_table, context_lens) -> torch.Tensor:
         # own storage: views into the sampler's step buffers would make their offsets part of the guards
@@ -105,9 +118,33 @@ class CompiledDecode:
             torch.compiler.cudagraph_mark_step_begin()
         else:
             torch._dynamo.maybe_mark_dynamic(self.cache.data, 2)  # the number of blocks: samplers of any cache size
-        hidden, new_kv = self._step(self.model, input_ids, positions, block_table, context_lens, self.cache.data)
+        inputs = (self.model, input_ids, positions, block_table, context_lens, self.cache.data)
+        hidden, new_kv = self._step(*inputs)
+        graph = (rows, width) if self.graphs else rows == 1  # without CUDA graphs: one graph for a batch of one
+        if graph not in self._checked:
+            _check_against_eager((hidden, new_kv), decode_step(*inputs), rows)
+            self._checked.add(graph)
         self.cache.write_all_layers(slots, new_kv[:, :, :n_seqs])
         return hidden[:n_seqs]
+
+
+def _check_against_eager(compiled: tuple, eager: tuple, rows: int):
+    """Raises `CompiledDecodeMismatch` when the compiled (hidden, new_kv) stray from the eager ones beyond rounding.
+    An eager result that is itself not finite is no verdict on the compiler, and passes."""
+    limit = TOLERANCE.get(eager[0].dtype, LOW_PRECISION_TOLERANCE)
+    for name, got, expected in zip(("hidden states", "new keys and values"), compiled, eager):
+        expected, got = expected.float(), got.float()
+        if not expected.isfinite().all():
+            return
+        scale = expected.abs().max().clamp_min(1e-6)
+        error = ((got - expected).abs().max() / scale).item()
+        if not error <= limit:  # NaN included
+            bad = (~got.isfinite()).sum().item()
+            raise CompiledDecodeMismatch(
+                f"the compiled decode step disagrees with the eager one on its first batch of {rows} "
+                f"({name}: largest difference {error:.3g} of the largest value, {bad} not finite). A bad entry in "
+                "torch's compile cache can do this: clear it (TORCHINDUCTOR_CACHE_DIR, by default "
+                "/tmp/torchinductor_<user>) or set TORCHINDUCTOR_FORCE_DISABLE_CACHES=1")
 
 
 _COMPILED: dict[tuple, object] = {}

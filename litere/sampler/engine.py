@@ -15,13 +15,14 @@ from __future__ import annotations
 import math
 import numbers
 import random
+import warnings
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 
 from .. import cpu
-from .decode_graph import CompiledDecode
+from .decode_graph import CompiledDecode, CompiledDecodeMismatch
 from .kv_cache import CacheStep, PagedKVCache
 from .sampling import Rows, SamplingParams, sample
 from .scheduler import Scheduler, Sequence
@@ -249,11 +250,20 @@ class Sampler:
 
         With a compiled decode step, the one-token entries (the decoding sequences) run through the graph even when
         other entries prefill: those run eagerly in a forward of their own beside it, so that a tool response or a
-        prompt arriving does not send the whole decode batch down the eager path.
+        prompt arriving does not send the whole decode batch down the eager path. A graph whose first result strays
+        from the eager step's (decode_graph.py) is dropped, with a warning, and the sampler decodes eagerly from then
+        on: the step is redone eagerly, as the graph wrote nothing to the cache.
         """
         self._apply_block_updates()
-        if self._compiled is None:
-            return self._eager_forward(batch)
+        if self._compiled is not None:
+            try:
+                return self._graph_and_eager_forward(batch)
+            except CompiledDecodeMismatch as error:
+                warnings.warn(f"{error}. This sampler decodes eagerly from now on.", RuntimeWarning, stacklevel=4)
+                self._compiled = None
+        return self._eager_forward(batch)
+
+    def _graph_and_eager_forward(self, batch: list[tuple[Sequence, int]]) -> torch.Tensor:
         single = [i for i, (_, n) in enumerate(batch) if n == 1]
         if len(single) == len(batch):
             return self._compiled_forward(batch)
