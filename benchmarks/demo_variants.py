@@ -17,7 +17,8 @@ variant (the directory of the first is reused by the others through symbolic lin
 
 Each variant writes OUT/<name>/report.json (the demo's report); the table gives held-out direct / 2-hop accuracy,
 training-question accuracy, the steps where the lr began to decay (two after a rewarm), steps, tokens, training
-minutes and tokens/s, and where the held-out direct and 2-hop trajectories went wrong (`mistakes`). The last line
+minutes and tokens/s, and where the held-out direct and 2-hop trajectories went wrong (`mistakes`; among them the
+2-hop answers given after a second visit whose goal asks for another relation than the question). The last line
 printed is JSON.
 """
 from __future__ import annotations
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -34,6 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from litere.report import decay_starts, read_metrics  # noqa: E402
+from litere.world.generate import GOAL, QUESTION  # noqa: E402
 
 AVX2 = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 # name: (seed, threads, AVX2 emulated)
@@ -78,22 +81,41 @@ def run_variant(name: str, out: Path, first: Path | None, demo_flags: list[str],
 HOPS = {"world-direct": 1, "world-2hop": 2}
 
 
+def _template_pattern(template: str, prefix: str = "") -> re.Pattern:
+    before, after = template.split("{}")
+    return re.compile(re.escape(prefix + before) + ".+" + re.escape(after) + "$")
+
+
+QUESTION_PATTERNS = {relation: _template_pattern(text) for relation, text in QUESTION.items()}
+GOAL_PATTERNS = {relation: _template_pattern(text, "Find ") for relation, text in GOAL.items()}
+
+
+def relation_asked(text: str, patterns: dict) -> str | None:
+    """The relation whose world template (a question, or a visit goal of the teacher's wording) spells `text`."""
+    return next((relation for relation, pattern in patterns.items() if pattern.match(text)), None)
+
+
 def mistakes(trajectories: Path) -> dict:
     """The held-out direct and 2-hop trajectories by what went wrong: a wrong answer after as many page visits as the
     question has hops (a copy error; `copy_number`: of those, the ones whose answer is a number), more visits than
-    hops, or fewer."""
-    counts = {"correct": 0, "copy": 0, "copy_number": 0, "more_hops": 0, "fewer_hops": 0}
+    hops, or fewer; and `wrong_relation`: the wrong 2-hop trajectories whose second visit's goal asks for another
+    relation than the question does (the last hop's question asked of the wrong page)."""
+    counts = {"correct": 0, "copy": 0, "copy_number": 0, "more_hops": 0, "fewer_hops": 0, "wrong_relation": 0}
     for line in trajectories.read_text().splitlines():
         record = json.loads(line)
         hops = HOPS.get(record["data_source"])
         if hops is None:
             continue
-        visits = sum(call["name"] == "visit" for call in record["tool_calls"])
-        kind = ("correct" if record["reward"] > 0 else "copy" if visits == hops
-                else "more_hops" if visits > hops else "fewer_hops")
+        visits = [call for call in record["tool_calls"] if call["name"] == "visit"]
+        kind = ("correct" if record["reward"] > 0 else "copy" if len(visits) == hops
+                else "more_hops" if len(visits) > hops else "fewer_hops")
         counts[kind] += 1
         if kind == "copy" and all(answer.isdigit() for answer in record["answers"]):
             counts["copy_number"] += 1
+        if kind != "correct" and hops == 2 and len(visits) >= 2:
+            asked = relation_asked(record["question"], QUESTION_PATTERNS)
+            sought = relation_asked(str(visits[1]["arguments"].get("goal", "")), GOAL_PATTERNS)
+            counts["wrong_relation"] += asked is not None and sought != asked
     return counts
 
 
@@ -113,8 +135,8 @@ def row(name: str, report: dict, out: Path) -> dict:
 def table(rows: list[dict]) -> str:
     lines = ["| variant | seed | threads | instructions | held-out direct | held-out 2-hop | training q. direct / 2-hop | "
              "decay from step | steps | tokens | training | tokens/s | wrong answer, right hops (a number) / more hops / "
-             "fewer |",
-             "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "fewer | wrong 2-hop, second goal asks another relation |",
+             "|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         m = r["mistakes"]
         lines.append(f"| {r['variant']} | {r['seed']} | {r['threads']} | {r['isa']} | {100 * r['direct']:.1f}% | "
@@ -122,7 +144,7 @@ def table(rows: list[dict]) -> str:
                      f"{', '.join(f'{d:g}' for d in r['decay_starts'])} | {r['steps']:,} | {r['tokens'] / 1e6:.2f}M | "
                      f"{r['train_minutes']:.1f} min | "
                      f"{r['tokens_per_s']:,.0f} | {m['copy']} ({m['copy_number']}) / {m['more_hops']} / "
-                     f"{m['fewer_hops']} |")
+                     f"{m['fewer_hops']} | {m['wrong_relation']} |")
     return "\n".join(lines)
 
 
