@@ -18,8 +18,13 @@ per layer and head, and for each layer its head that puts the most there; and th
 the token just before the one it reads (row "previous token", every position: an induction head matches a key that
 holds its position's previous token, which an earlier layer must fetch).
 
+With --turns, the held-out loss of each assistant turn instead (nats summed over the turn's targets, the mean over
+the conversations with that many turns; `--turns 5`: the 2-hop teacher trajectories, whose third turn begins the
+second hop and names the relation it asks for).
+
     python benchmarks/number_copying.py runs/demo/sft/final runs/variants/seed2/sft/final --data runs/demo/data
     python benchmarks/number_copying.py runs/demo/sft/pre_decay --data runs/demo/data --attention --eval-limit 16
+    python benchmarks/number_copying.py runs/demo/sft/final --data runs/demo/data --turns 5 --eval-limit 300
 
 The last line printed is JSON.
 """
@@ -94,6 +99,34 @@ def held_out_split(model_dir: Path, data: Path, eval_limit: int) -> dict:
             "targets": {name: n for name, (_, n) in sums.items()},
             "digit_embedding_cosine": mean_cosine(embeddings[torch.from_numpy(held_out.numbers)]),
             "other_embedding_cosine": mean_cosine(embeddings[torch.from_numpy(~held_out.numbers)])}
+
+
+def assistant_turns(supervised: np.ndarray, seqlens) -> list[list[np.ndarray]]:
+    """For each document of a packed micro-batch, its assistant turns: the runs of consecutive positions in
+    `supervised` (sorted positions of the supervised targets), as indices into `supervised`."""
+    bounds = np.cumsum([0, *seqlens])
+    documents = []
+    for start, stop in zip(bounds[:-1], bounds[1:]):
+        inside = np.nonzero((supervised >= start) & (supervised < stop))[0]
+        breaks = np.nonzero(np.diff(supervised[inside]) > 1)[0] + 1
+        documents.append(np.split(inside, breaks) if len(inside) else [])
+    return documents
+
+
+def turn_losses(model_dir: Path, data: Path, eval_limit: int, turns: int) -> dict:
+    """Nats per assistant turn (summed over its targets), averaged over the held-out conversations of `turns` turns."""
+    model, _, batch = load_probe(model_dir, data, eval_limit)
+    sums, conversations = np.zeros(turns), 0
+    with torch.no_grad():
+        for micro in batch.micro_batches:
+            supervised = micro.weights.nonzero().squeeze(1).numpy()
+            nll = sft.token_nll(model, micro, torch.device("cpu"), None)[0].float().numpy()
+            for document in assistant_turns(supervised, micro.seqlens):
+                if len(document) == turns:
+                    sums += [nll[turn].sum() for turn in document]
+                    conversations += 1
+    return {"model": str(model_dir), "conversations": conversations,
+            "nats_per_turn": (sums / conversations).tolist() if conversations else None}
 
 
 @contextlib.contextmanager
@@ -176,8 +209,18 @@ def main(argv=None) -> int:
     parser.add_argument("--eval-limit", type=int, default=64, help="held-out conversations (the trainer's probe)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--attention", action="store_true", help="also where the copying heads look")
+    parser.add_argument("--turns", type=int, help="the loss per assistant turn of the conversations of this many")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.turns:
+        rows = [turn_losses(m, args.data, args.eval_limit, args.turns) for m in args.models]
+        print("| model | conversations | " + " | ".join(f"turn {i + 1}" for i in range(args.turns)) + " |")
+        print("|---|" + "---:|" * (args.turns + 1))
+        for r in rows:
+            cells = " | ".join(f"{v:.2f}" for v in r["nats_per_turn"] or [])
+            print(f"| {r['model']} | {r['conversations']} | {cells} |")
+        print(json.dumps(rows))
+        return 0
     if args.attention:
         return print_attention([copy_attention(m, args.data, args.eval_limit) for m in args.models])
     rows = [held_out_split(m, args.data, args.eval_limit) for m in args.models]
