@@ -172,6 +172,15 @@ def test_a_graph_that_strays_from_the_eager_step_is_dropped_with_a_warning(model
     assert calls == [1] if batches == "any" else (calls[-1] > 1 and set(calls[:-1]) == {1})
 
 
+def test_a_bf16_model_keeps_its_graphs(monkeypatch):
+    """bf16 rounding between the graph and the eager step stays within the check's tolerance: no fallback (which
+    pyproject's filterwarnings turns into an error here), every decode step through the graph."""
+    bf16_model = random_model(small_config(vocab_size=VOCAB), seed=3).to(torch.bfloat16)
+    calls = count_compiled_steps(monkeypatch)
+    Sampler(bf16_model, max_cache_tokens=4096, compile="default").generate(prompts(1, 40, 70, 9, seed=1), GREEDY)
+    assert len(calls) >= GREEDY.max_new_tokens - 1 and 1 in calls and max(calls) >= 3
+
+
 def test_the_check_against_the_eager_step_allows_rounding_only():
     gen = torch.Generator().manual_seed(0)
     hidden, kv = torch.randn(4, 32, generator=gen), torch.randn(2, 2, 4, 2, 8, generator=gen)
