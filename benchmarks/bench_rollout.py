@@ -280,8 +280,11 @@ def run_worker(spec: dict) -> dict:
     questions = setup.questions[:n_questions]
     compile_s = 0.0
     if setup.config["compile"]:  # the graphs are compiled in a warm-up run, outside the timed one
+        # CUDA graphs are recorded per padded batch shape, so that warm-up keeps as many trajectories in flight as
+        # the timed run (every batch size up to the full one); the CPU's dynamic graph needs only a few
+        warm = setup.config["in_flight"] // n if setup.config["compile"] == "reduce-overhead" else 4
         start = time.perf_counter()
-        setup.agent(setup.sampler()).run(setup.questions[-4:], n=n)
+        setup.agent(setup.sampler()).run(setup.questions[-max(1, warm):], n=n)
         compile_s = time.perf_counter() - start
     sampler = setup.sampler()
     agent = setup.agent(sampler)
@@ -488,9 +491,11 @@ def main(argv=None):
         for sampling, config, src in plan:
             result = spawn({**base, "config": config, "sampling": sampling, "src": src})
             runs[(sampling, config, src)].append(result)
+            bound = f"{result['x_bound']:.2f}x bound, " if "x_bound" in result else ""
             print(f"  [{repeat + 1}/{args.repeats}] {sampling} {config}{' (baseline src)' if src else ''}: "
                   f"{result['sampled_tok_s']:.0f} sampled tok/s, {result['wall_s']:.1f} s, "
-                  f"{result['cpu_s']:.1f} CPU s, load {os.getloadavg()[0]:.1f}", file=sys.stderr, flush=True)
+                  f"{result['cpu_s']:.1f} CPU s, compile {result['compile_s']:.0f} s, {bound}"
+                  f"load {os.getloadavg()[0]:.1f}", file=sys.stderr, flush=True)
     rows = [median_run(runs[key]) for key in plan]
     load_after = os.getloadavg()
     import torch

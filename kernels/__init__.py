@@ -34,7 +34,18 @@ def rms_norm(x, weight, eps):
     return reference.rms_norm(x, weight, eps)
 
 
+def _as_autocast_runs_attention(q, k, v):
+    """Autocast does not reach a custom kernel: under it, give attention the lower precision that autocast gives
+    PyTorch's own (q and k leave their RMSNorm in fp32 while v leaves its projection in bf16)."""
+    device = q.device.type
+    if not torch.is_autocast_enabled(device):
+        return q, k, v
+    dtype = torch.get_autocast_dtype(device)
+    return q.to(dtype), k.to(dtype), v.to(dtype)
+
+
 def attention(q, k, v, cu_seqlens, max_seqlen, scale=None):
+    q, k, v = _as_autocast_runs_attention(q, k, v)
     if backend(q.device) == "triton":
         from .flash_attention import varlen_attention
 

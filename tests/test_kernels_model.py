@@ -54,6 +54,30 @@ def test_packed_forward_and_gradients_match_torch(model, monkeypatch):
         torch.testing.assert_close(grads[name], want_grads[name], atol=1e-5, rtol=1e-4, msg=name)
 
 
+def test_bf16_autocast_runs_on_the_kernels_as_close_as_torch(model, monkeypatch):
+    """Under bf16 autocast (the trainers' default off FSDP) q and k leave their RMSNorm in fp32 and v its projection
+    in bf16: attention gets all three in bf16, as autocast gives PyTorch's, and the kernels' run is no further from
+    an fp32 run than PyTorch's autocast run is."""
+    batch = _packed_batch(model.config.vocab_size, SEQLENS, seed=4)
+    monkeypatch.setenv("LITERE_KERNELS", "torch")
+    exact_hidden, exact_grads = _forward_backward(model, *batch, SEQLENS)
+
+    def run():
+        with torch.autocast(torch.device(DEVICE).type, dtype=torch.bfloat16):
+            return _forward_backward(model, *batch, SEQLENS)
+
+    (hidden, grads), (torch_hidden, torch_grads) = _run_both(monkeypatch, run)
+
+    def error(a, b):
+        return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+    floor = torch.finfo(torch.bfloat16).eps / 4
+    assert error(hidden, exact_hidden) <= 2 * max(error(torch_hidden, exact_hidden), floor)
+    for name in grads:
+        assert grads[name].dtype == torch.float32, name
+        assert error(grads[name], exact_grads[name]) <= 3 * max(error(torch_grads[name], exact_grads[name]), floor), name
+
+
 def test_cached_prefill_and_decode_match_torch(model, monkeypatch):
     """Prefill 9 tokens into scattered pages of 4 slots, then decode 3: logits agree step by step."""
     config = model.config
