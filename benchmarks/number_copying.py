@@ -101,18 +101,6 @@ def held_out_split(model_dir: Path, data: Path, eval_limit: int) -> dict:
             "other_embedding_cosine": mean_cosine(embeddings[torch.from_numpy(~held_out.numbers)])}
 
 
-def assistant_turns(supervised: np.ndarray, seqlens) -> list[list[np.ndarray]]:
-    """For each document of a packed micro-batch, its assistant turns: the runs of consecutive positions in
-    `supervised` (sorted positions of the supervised targets), as indices into `supervised`."""
-    bounds = np.cumsum([0, *seqlens])
-    documents = []
-    for start, stop in zip(bounds[:-1], bounds[1:]):
-        inside = np.nonzero((supervised >= start) & (supervised < stop))[0]
-        breaks = np.nonzero(np.diff(supervised[inside]) > 1)[0] + 1
-        documents.append(np.split(inside, breaks) if len(inside) else [])
-    return documents
-
-
 def turn_losses(model_dir: Path, data: Path, eval_limit: int, turns: int) -> dict:
     """Nats per assistant turn (summed over its targets), averaged over the held-out conversations of `turns` turns."""
     model, _, batch = load_probe(model_dir, data, eval_limit)
@@ -121,7 +109,7 @@ def turn_losses(model_dir: Path, data: Path, eval_limit: int, turns: int) -> dic
         for micro in batch.micro_batches:
             supervised = micro.weights.nonzero().squeeze(1).numpy()
             nll = sft.token_nll(model, micro, torch.device("cpu"), None)[0].float().numpy()
-            for document in assistant_turns(supervised, micro.seqlens):
+            for document in sft.assistant_turns(supervised, micro.seqlens):
                 if len(document) == turns:
                     sums += [nll[turn].sum() for turn in document]
                     conversations += 1

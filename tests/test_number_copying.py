@@ -49,15 +49,3 @@ def test_previous_token_weight_sums_each_heads_weight_on_the_token_before_each_q
     doc[0] = torch.tensor([[1.0, 0, 0], [0.25, 0.75, 0], [0.5, 0.25, 0.25]])  # on the previous token: 0.25, 0.25
     doc[1] = torch.tensor([[1.0, 0, 0], [1.0, 0, 0], [0, 1.0, 0]])           # a previous-token head: 1, 1
     assert number_copying.previous_token_weight(doc).tolist() == [0.5, 2.0]
-
-
-def test_assistant_turns_are_runs_of_supervised_positions_per_document():
-    # two packed documents of 10 and 6 tokens; supervised positions 2-3 and 6-8 in the first, 12 and 14-15 in the second
-    supervised = np.array([2, 3, 6, 7, 8, 12, 14, 15])
-    first, second = number_copying.assistant_turns(supervised, [10, 6])
-    assert [t.tolist() for t in first] == [[0, 1], [2, 3, 4]]
-    assert [t.tolist() for t in second] == [[5], [6, 7]]
-    # a turn never runs across two documents, even when their supervised positions touch
-    assert [[t.tolist() for t in d] for d in number_copying.assistant_turns(np.array([8, 9, 10]), [10, 6])] == \
-        [[[0, 1]], [[2]]]
-    assert number_copying.assistant_turns(np.array([], dtype=int), [4]) == [[]]

@@ -1,3 +1,4 @@
+import itertools
 import math
 
 import numpy
@@ -290,8 +291,9 @@ def test_held_out_losses_are_token_means_over_their_kinds_of_target(data_dir):
     numbers = sft.number_tokens(tok)
     planner = BatchPlanner(held, global_batch=len(held), unit="sequences", pack_tokens=1024, seed=0)
     model = random_model(small_config(vocab_size=tok.vocab_size)).eval()
-    result = sft.held_out_loss(model, sft.HeldOut(planner, known, numbers), DistEnv(), None)
-    nll, number, copy = [], [], []
+    # the third of four assistant turns (conversations of three tool calls) for the second-hop probe
+    result = sft.held_out_loss(model, sft.HeldOut(planner, known, numbers, second_hop=(4, 2)), DistEnv(), None)
+    nll, number, copy, third_turns = [], [], [], []
     with torch.no_grad():
         for i in range(len(held)):
             tokens, labels = held.document(i)
@@ -301,13 +303,30 @@ def test_held_out_losses_are_token_means_over_their_kinds_of_target(data_dir):
             nll.append(-logprobs[torch.from_numpy(supervised)])
             number.append(torch.from_numpy(numbers[tokens[1:][supervised]]))
             copy.append(sft.copy_targets(doc, known)[torch.from_numpy(supervised)])
+            turns = [list(run) for flag, run in itertools.groupby(range(len(supervised)), key=supervised.__getitem__)
+                     if flag]
+            if len(turns) == 4:
+                third_turns.append(-logprobs[turns[2]].double().sum().item())
     nll, number, copy = torch.cat(nll).double(), torch.cat(number), torch.cat(copy)
-    assert 0 < number.sum() < len(number) and 0 < copy.sum() < len(copy)
+    assert 0 < number.sum() < len(number) and 0 < copy.sum() < len(copy) and 0 < len(third_turns) < len(held)
+    assert result["eval_second_hop_loss"] == pytest.approx(sum(third_turns) / len(third_turns), rel=1e-5)
     assert result["eval_loss"] == pytest.approx(nll.mean().item(), rel=1e-5)
     assert result["eval_number_loss"] == pytest.approx(nll[number].mean().item(), rel=1e-5)
     assert result["eval_copy_loss"] == pytest.approx(nll[copy].mean().item(), rel=1e-5)
     assert result["eval_other_loss"] == pytest.approx(nll[~copy].mean().item(), rel=1e-5)
     assert result["eval_copy_share"] == pytest.approx(copy.double().mean().item())
+
+
+def test_assistant_turns_are_runs_of_supervised_positions_per_document():
+    # two packed documents of 10 and 6 tokens; supervised positions 2-3 and 6-8 in the first, 12 and 14-15 in the second
+    supervised = numpy.array([2, 3, 6, 7, 8, 12, 14, 15])
+    first, second = sft.assistant_turns(supervised, [10, 6])
+    assert [t.tolist() for t in first] == [[0, 1], [2, 3, 4]]
+    assert [t.tolist() for t in second] == [[5], [6, 7]]
+    # a turn never runs across two documents, even when their supervised positions touch
+    assert [[t.tolist() for t in d] for d in sft.assistant_turns(numpy.array([8, 9, 10]), [10, 6])] == \
+        [[[0, 1]], [[2]]]
+    assert sft.assistant_turns(numpy.array([], dtype=int), [4]) == [[]]
 
 
 def test_number_tokens_are_the_digit_tokens(data_dir):
@@ -352,6 +371,26 @@ def test_eval_limit_takes_the_first_conversations(data_dir, tmp_path):
     assert "the first 3 are used" in (tmp_path / "run" / "train.log").read_text()
     last = metrics(tmp_path / "run")[-1]
     assert last["eval_copy_share"] >= 0 and last["eval_number_loss"] > 0
+
+
+def test_eval_limit_can_spread_its_pick_through_the_files(data_dir, tmp_path):
+    """eval_pick="spread": evenly spaced conversations (a file of 180 direct then 120 2-hop ones gives 2-hop ones
+    their share), each document whole."""
+    assert sft.eval_indices(300, 4, "first").tolist() == [0, 1, 2, 3]
+    assert sft.eval_indices(300, 4, "spread").tolist() == [0, 75, 150, 225]
+    assert sft.eval_indices(300, 64, "spread")[[37, 38]].tolist() == [173, 178]  # 25 of 64 among the last 120
+    tok = Tokenizer.from_dir(data_dir / "tok")
+    held, _ = load_sft_dataset([data_dir / "eval.jsonl"], tok, cutoff_len=512)
+    picked = held.subset([5, 1])
+    assert len(picked) == 2 and picked.sources == [held.sources[5], held.sources[1]]
+    for i, original in enumerate([5, 1]):
+        for got, want in zip(picked.document(i), held.document(original)):
+            numpy.testing.assert_array_equal(got, want)
+    run(data_dir, tmp_path / "run", max_steps=1, export=False, eval_files=[str(data_dir / "eval.jsonl")],
+        eval_limit=3, eval_pick="spread")
+    assert "evenly spaced, 3 are used" in (tmp_path / "run" / "train.log").read_text()
+    with pytest.raises(run_config.RunConfigError, match="eval_pick"):
+        run(data_dir, tmp_path / "bad", max_steps=1, eval_pick="last")
 
 
 def test_step_flops_counts_matmuls_and_causal_attention():

@@ -26,10 +26,11 @@ from .core import (NonFiniteGuard, RunLog, TimedWarmupCosine, TrainerConfig, War
                    duration, export, load_tokenizer, model_config, open_run, optimizer_step, peak_flops,
                    resolve_precision, step_flops)
 from .distributed import DistEnv
-from .sft_data import BatchPlanner, DataPosition, MicroBatch, SFTDataset, load_sft_dataset
+from .sft_data import BatchPlanner, DataPosition, MicroBatch, load_sft_dataset
 
 
-PROBES = ("eval_loss", "eval_copy_loss", "eval_number_loss")  # held-out losses a schedule can act on
+PROBES = ("eval_loss", "eval_copy_loss", "eval_number_loss", "eval_second_hop_loss")  # held-out losses a schedule
+# can act on
 
 
 @dataclass
@@ -68,15 +69,19 @@ class SFTConfig(TrainerConfig):
     budget_minutes: float = 0.0
     eval_files: list[str] = field(default_factory=list)  # held-out conversations: their token-mean loss is logged
     eval_every: int = 0  # steps; 0: evaluate after the last step only
-    eval_limit: int = 0  # > 0: only the first this many conversations of eval_files
+    eval_limit: int = 0  # > 0: only this many conversations of eval_files, picked as `eval_pick` says
+    # "first": the first eval_limit; "spread": evenly spaced through the files, so that files written one kind of
+    # conversation after another (the demo's: direct, then 2-hop) give each kind its share
+    eval_pick: str = "first"
     min_lr_ratio: float = 0.0  # the cosine ends at lr * min_lr_ratio
     # > 0: warmup, the peak lr held, then the cosine over the last decay_steps of the run (warmup-stable-decay)
     decay_steps: int = 0
     # > 0 (with decay_steps, eval_files, eval_every and max_steps): the decay starts as soon as the held-out probe
     # `decay_probe` is below this value, and the run ends decay_steps later; max_steps bounds the run (the decay then
     # starts decay_steps before it). Probes: eval_loss (the supervised targets), eval_copy_loss (the targets only
-    # copying from the context predicts: new names and numbers, see copy_targets) or eval_number_loss (the targets
-    # that are digit tokens: a small model learns to copy numbers last)
+    # copying from the context predicts: new names and numbers, see copy_targets), eval_number_loss (the targets
+    # that are digit tokens: a small model learns to copy numbers last) or eval_second_hop_loss (nats of the turn
+    # that starts a 2-hop conversation's second hop, see HeldOut)
     decay_when_held_out_below: float = 0.0
     decay_probe: str = "eval_loss"
     # > 0 (with decay_steps, eval_files): when a decay ends with the held-out `rewarm_probe` still above this value,
@@ -96,7 +101,7 @@ class SFTConfig(TrainerConfig):
         super().__post_init__()
         for key, allowed in {"overlong": ("truncate", "drop"), "bad_lines": ("fail", "skip"),
                              "think_layout": ("normalize", "reject"), "batch_unit": ("sequences", "tokens"),
-                             "decay_probe": PROBES, "rewarm_probe": PROBES}.items():
+                             "decay_probe": PROBES, "rewarm_probe": PROBES, "eval_pick": ("first", "spread")}.items():
             check_choice(self, key, allowed)
         check_positive(self, "cutoff_len", "pack_tokens", "global_batch", "epochs")
         check_non_negative(self, "max_steps", "eval_every", "eval_limit", "decay_steps",
@@ -246,23 +251,41 @@ def number_tokens(tokenizer: Tokenizer) -> np.ndarray:
     return np.array([t.isascii() and t.isdigit() for t in texts])
 
 
+def assistant_turns(supervised: np.ndarray, seqlens) -> list[list[np.ndarray]]:
+    """For each document of a packed micro-batch, its assistant turns: the runs of consecutive positions in
+    `supervised` (sorted positions of the supervised targets), as indices into `supervised`."""
+    bounds = np.cumsum([0, *seqlens])
+    documents = []
+    for start, stop in zip(bounds[:-1], bounds[1:]):
+        inside = np.nonzero((supervised >= start) & (supervised < stop))[0]
+        breaks = np.nonzero(np.diff(supervised[inside]) > 1)[0] + 1
+        documents.append(np.split(inside, breaks) if len(inside) else [])
+    return documents
+
+
 @dataclass
 class HeldOut:
     """The evaluation set as one planned step, the token pairs of the training data (for the copy split) and the
-    flags of the digit tokens (for the number split)."""
+    flags of the digit tokens (for the number split). `second_hop`: (assistant turns of a conversation, the turn
+    scored) for eval_second_hop_loss; by default the third of five, the turn of a 2-hop teacher conversation (search,
+    visit, search, visit, answer) that asks the second hop's question."""
     planner: BatchPlanner
     known_pairs: np.ndarray
     numbers: np.ndarray
+    second_hop: tuple[int, int] = (5, 2)
 
 
 def held_out_loss(model, held_out: HeldOut, env: DistEnv, autocast_dtype: torch.dtype | None) -> dict:
     """Token-mean losses over the evaluation set (the planner's single step), without gradients: `eval_loss` over
     the supervised targets, split into `eval_copy_loss` (targets only copying predicts, see copy_targets) and
-    `eval_other_loss`, with `eval_copy_share` (the copy targets' share of the supervised ones); and
-    `eval_number_loss` over the supervised targets that are digits (None where there are none)."""
+    `eval_other_loss`, with `eval_copy_share` (the copy targets' share of the supervised ones);
+    `eval_number_loss` over the supervised targets that are digits; and `eval_second_hop_loss`, the nats of one
+    turn (summed over its targets, see HeldOut.second_hop) averaged over the conversations of that many turns (None
+    where a kind has no target or conversation)."""
     batch = held_out.planner.batch(DataPosition(), env.rank, env.world_size)
-    # copy nll, copy count, other nll, other count, number nll, number count
-    sums = torch.zeros(6, dtype=torch.float64, device=env.device)
+    turns, scored_turn = held_out.second_hop
+    # copy nll, copy count, other nll, other count, number nll, number count, scored turns' nll, conversations
+    sums = torch.zeros(8, dtype=torch.float64, device=env.device)
     with torch.no_grad():
         for micro in batch.micro_batches:
             supervised = micro.weights.nonzero().squeeze(1)
@@ -274,12 +297,16 @@ def held_out_loss(model, held_out: HeldOut, env: DistEnv, autocast_dtype: torch.
             nll, weights = token_nll(model, micro, env.device, autocast_dtype)
             nll, weights = nll.double() * weights, weights.double()
             copy, number = copy.to(env.device).double(), number.to(env.device).double()
+            documents = [d for d in assistant_turns(supervised.numpy(), micro.seqlens) if len(d) == turns]
+            scored = torch.from_numpy(np.concatenate([d[scored_turn] for d in documents])) if documents else None
             sums += torch.stack([(nll * copy).sum(), (weights * copy).sum(), (nll * (1 - copy)).sum(),
-                                 (weights * (1 - copy)).sum(), (nll * number).sum(), (weights * number).sum()])
-    c_nll, c_n, o_nll, o_n, n_nll, n_n = distributed.all_reduce_sum(sums, env).tolist()
+                                 (weights * (1 - copy)).sum(), (nll * number).sum(), (weights * number).sum(),
+                                 nll[scored.to(env.device)].sum() if documents else nll.new_zeros(()),
+                                 nll.new_tensor(float(len(documents)))])
+    c_nll, c_n, o_nll, o_n, n_nll, n_n, t_nll, t_n = distributed.all_reduce_sum(sums, env).tolist()
     return {"eval_loss": (c_nll + o_nll) / max(1.0, c_n + o_n), "eval_copy_loss": c_nll / c_n if c_n else None,
             "eval_other_loss": o_nll / max(1.0, o_n), "eval_copy_share": c_n / max(1.0, c_n + o_n),
-            "eval_number_loss": n_nll / n_n if n_n else None}
+            "eval_number_loss": n_nll / n_n if n_n else None, "eval_second_hop_loss": t_nll / t_n if t_n else None}
 
 
 # --- the run ------------------------------------------------------------------------------------------------------
@@ -377,10 +404,11 @@ def _train(cfg: SFTConfig, env: DistEnv) -> Path:
             record["train_s"] = round(clock.elapsed_s, 2)
         if held_out and (step >= stop_step() or out_of_time or (cfg.eval_every > 0 and step % cfg.eval_every == 0)):
             record.update(held_out_loss(model, held_out, env, autocast_dtype))
-            copy, number = record["eval_copy_loss"], record["eval_number_loss"]
+            copy, number, hop = record["eval_copy_loss"], record["eval_number_loss"], record["eval_second_hop_loss"]
             log.info(f"step {step}: held-out loss {record['eval_loss']:.4f} (copy targets "
                      + (f"{copy:.4f}, {record['eval_copy_share']:.1%} of them" if copy is not None else "none")
-                     + (f"; digits {number:.4f})" if number is not None else "; no digits)"))
+                     + (f"; digits {number:.4f}" if number is not None else "; no digits")
+                     + (f"; second-hop turn {hop:.3f} nats)" if hop is not None else ")"))
             probe = record[cfg.decay_probe]
             if probe is not None and probe < cfg.decay_when_held_out_below and schedule.decay_triggered_at is None:
                 schedule.start_decay(step)
@@ -439,13 +467,17 @@ def _load_data(cfg: SFTConfig, tokenizer: Tokenizer, log: RunLog) -> tuple[Batch
         return planner, None
     eval_set, eval_stats = load_sft_dataset(cfg.eval_files, tokenizer, **settings)
     if cfg.eval_limit and cfg.eval_limit < len(eval_set):
-        n = cfg.eval_limit
-        eval_set = SFTDataset(eval_set.tokens[:eval_set.offsets[n]], eval_set.labels[:eval_set.offsets[n]],
-                              eval_set.offsets[:n + 1], eval_set.sources[:n])
-    log.info(f"eval data: {eval_stats.summary()}" + (f"; the first {len(eval_set)} are used" if cfg.eval_limit else ""))
+        eval_set = eval_set.subset(eval_indices(len(eval_set), cfg.eval_limit, cfg.eval_pick))
+    used = {"first": "the first", "spread": "evenly spaced,"}[cfg.eval_pick]
+    log.info(f"eval data: {eval_stats.summary()}" + (f"; {used} {len(eval_set)} are used" if cfg.eval_limit else ""))
     known = np.unique(token_pairs(dataset.tokens[:-1], dataset.tokens[1:]))
     return planner, HeldOut(BatchPlanner(eval_set, global_batch=len(eval_set), unit="sequences",
                                          pack_tokens=cfg.pack_tokens, seed=cfg.seed), known, number_tokens(tokenizer))
+
+
+def eval_indices(size: int, limit: int, pick: str) -> np.ndarray:
+    """Which `limit` of `size` evaluation conversations are used (SFTConfig.eval_pick)."""
+    return np.arange(limit) if pick == "first" else np.arange(limit) * size // limit
 
 
 def _progress_line(log: RunLog, record: dict, last_step: int, elapsed: float, steps_done: int,

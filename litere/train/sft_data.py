@@ -252,6 +252,14 @@ class SFTDataset:
         a, b = self.offsets[i], self.offsets[i + 1]
         return self.tokens[a:b], self.labels[a:b]
 
+    def subset(self, indices) -> "SFTDataset":
+        """The documents at `indices`, in that order."""
+        documents = [self.document(i) for i in indices]
+        lengths = [len(tokens) for tokens, _ in documents]
+        return SFTDataset(np.concatenate([tokens for tokens, _ in documents]),
+                          np.concatenate([labels for _, labels in documents]),
+                          np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64), [self.sources[i] for i in indices])
+
     def fingerprint(self) -> str:
         """Changes when the documents change; stored with checkpoints so a resume notices different data."""
         digest = hashlib.sha256(self.offsets.tobytes())
