@@ -11,6 +11,7 @@ pay), so the code that calls them states no host special case:
   trainer's forward could round differently from the sampler's) and would add mutable state to choose among one
   implementation; an import keeps one code path and leaves model.py free of the host's reasons.
 - `argmax`: sampling.py's greedy path.
+- `separate_compile_cache`: the compiled decode step calls it before compiling on CPU.
 
 What each setting buys was measured on 2-core cloud CPUs (the sampler section of BENCHMARKS.md has the figures);
 gains differ between CPUs, so re-measure before widening a threshold.
@@ -19,11 +20,28 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+
+def separate_compile_cache() -> None:
+    """Give torch.compile's on-disk cache a folder of its own when torch runs at a CPU capability it was told to
+    (ATEN_CPU_CAPABILITY, e.g. avx2 to stand in for an AVX2-only machine), unless TORCHINDUCTOR_CACHE_DIR names a
+    folder other than torch's default (torch writes the default into the variable once it has used it).
+
+    Inductor's cache keys leave that setting out: the demo model's decode step compiled by a process at avx2 and
+    loaded by one at the CPU's own capability corrupted the heap within its first steps ("free(): invalid pointer";
+    BENCHMARKS.md, "A bad entry in torch's compile cache")."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    capability = os.environ.get("ATEN_CPU_CAPABILITY", "").strip().lower()
+    chosen = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if capability and (chosen is None or os.path.abspath(chosen) == os.path.abspath(default_cache_dir())):
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = f"{default_cache_dir()}_{capability}"
 
 
 def has_bf16() -> bool:

@@ -1,9 +1,13 @@
 """The compiled decode step (Sampler(compile=...)) against the eager sampler and the reference paged attention."""
+import os
+
 import pytest
 import torch
 from torch._dynamo.utils import counters
+from torch._inductor.runtime.cache_dir_utils import default_cache_dir
 
 import kernels.reference
+from litere import cpu
 from litere.sampler import decode_graph
 from litere.sampler.decode_graph import CompiledDecode, CompiledDecodeMismatch, DecodeAttention
 from litere.sampler import Sampler, SamplingParams
@@ -193,6 +197,26 @@ def test_the_check_against_the_eager_step_allows_rounding_only():
     with pytest.raises(CompiledDecodeMismatch, match="hidden states: largest difference inf .* 1 not finite"):
         decode_graph._check_against_eager((spoilt, kv), (hidden, kv), 4)
     decode_graph._check_against_eager((hidden, kv), (spoilt, kv), 4)  # a non-finite eager result: no verdict
+
+
+def test_a_lowered_cpu_capability_compiles_into_a_cache_of_its_own(model, monkeypatch):
+    """Inductor's cache keys leave ATEN_CPU_CAPABILITY out, and a graph cached at avx2 corrupted the heap of a process
+    at the CPU's own capability: a sampler that compiles at a lowered capability uses a cache folder of its own."""
+    default = default_cache_dir()
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    Sampler(model, max_cache_tokens=256, compile="default")
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == default + "_avx2"
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default)  # torch writes its default here once it has used it
+    cpu.separate_compile_cache()
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == default + "_avx2"
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/chosen/by/the/user")
+    cpu.separate_compile_cache()
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == "/chosen/by/the/user"
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default)
+    cpu.separate_compile_cache()
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == default
 
 
 def test_bad_compile_mode_is_refused(model):

@@ -27,6 +27,7 @@ import types
 import torch
 import torch.nn.functional as F
 
+from .. import cpu
 from .kv_cache import PagedKVCache
 
 MODES = ("default", "reduce-overhead")  # reduce-overhead: CUDA graphs
@@ -98,6 +99,8 @@ class CompiledDecode:
         self.pad_shapes = self.graphs
         if self.graphs:
             torch._dynamo.mark_static_address(cache.data)
+        if device.type == "cpu":
+            cpu.separate_compile_cache()
         self._step = _compiled_step(model, device, mode)
         self._checked: set = set()  # the graphs whose first result matched the eager step
 
