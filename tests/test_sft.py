@@ -393,6 +393,14 @@ def test_eval_limit_can_spread_its_pick_through_the_files(data_dir, tmp_path):
         run(data_dir, tmp_path / "bad", max_steps=1, eval_pick="last")
 
 
+def test_a_schedule_on_the_second_hop_probe_needs_conversations_it_can_score(data_dir, tmp_path):
+    """The test data has no conversation of five assistant turns: a rewarm on eval_second_hop_loss could never fire."""
+    with pytest.raises(run_config.RunConfigError, match="rewarm_probe=eval_second_hop_loss: none of the 8 held-out "
+                                                        "conversations .* has 5 assistant turns"):
+        run(data_dir, tmp_path / "run", max_steps=10, decay_steps=4, eval_files=[str(data_dir / "eval.jsonl")],
+            rewarm_when_held_out_above=2.5, rewarm_probe="eval_second_hop_loss")
+
+
 def test_step_flops_counts_matmuls_and_causal_attention():
     config = small_config()
     matmul = 6 * config.num_parameters() * 10

@@ -29,8 +29,8 @@ from .distributed import DistEnv
 from .sft_data import BatchPlanner, DataPosition, MicroBatch, load_sft_dataset
 
 
-PROBES = ("eval_loss", "eval_copy_loss", "eval_number_loss", "eval_second_hop_loss")  # held-out losses a schedule
-# can act on
+# held-out losses a schedule can act on
+PROBES = ("eval_loss", "eval_copy_loss", "eval_number_loss", "eval_second_hop_loss")
 
 
 @dataclass
@@ -471,8 +471,28 @@ def _load_data(cfg: SFTConfig, tokenizer: Tokenizer, log: RunLog) -> tuple[Batch
     used = {"first": "the first", "spread": "evenly spaced,"}[cfg.eval_pick]
     log.info(f"eval data: {eval_stats.summary()}" + (f"; {used} {len(eval_set)} are used" if cfg.eval_limit else ""))
     known = np.unique(token_pairs(dataset.tokens[:-1], dataset.tokens[1:]))
-    return planner, HeldOut(BatchPlanner(eval_set, global_batch=len(eval_set), unit="sequences",
-                                         pack_tokens=cfg.pack_tokens, seed=cfg.seed), known, number_tokens(tokenizer))
+    held_out = HeldOut(BatchPlanner(eval_set, global_batch=len(eval_set), unit="sequences", pack_tokens=cfg.pack_tokens,
+                                    seed=cfg.seed), known, number_tokens(tokenizer))
+    _check_second_hop_probe(cfg, eval_set, held_out.second_hop[0])
+    return planner, held_out
+
+
+def _check_second_hop_probe(cfg: SFTConfig, eval_set, turns: int):
+    """A schedule that acts on eval_second_hop_loss needs held-out conversations of that many assistant turns: without
+    them the probe is None and its rule would never fire."""
+    acting = [key for key, probe, on in (("decay_probe", cfg.decay_probe, cfg.decay_when_held_out_below > 0),
+                                         ("rewarm_probe", cfg.rewarm_probe, cfg.rewarm_when_held_out_above > 0))
+              if on and probe == "eval_second_hop_loss"]
+    if not acting:
+        return
+    for i in range(len(eval_set)):
+        targets = eval_set.document(i)[1][1:]
+        if len(assistant_turns(np.nonzero(targets)[0], [len(targets)])[0]) == turns:
+            return
+    raise run_config.RunConfigError(
+        f"{acting[0]}=eval_second_hop_loss: none of the {len(eval_set)} held-out conversations used (eval_files, "
+        f"eval_limit={cfg.eval_limit}, eval_pick={cfg.eval_pick!r}) has {turns} assistant turns, so the probe has "
+        "nothing to score", key=acting[0])
 
 
 def eval_indices(size: int, limit: int, pick: str) -> np.ndarray:
