@@ -7,7 +7,7 @@
 #   bash benchmarks/gpu_check.sh
 #   bash benchmarks/gpu_check.sh rl          # the two RL-step rows only (at most 6 minutes)
 #   bash benchmarks/gpu_check.sh rollout     # the agent loop against its decode step (at most 5 minutes)
-#   bash benchmarks/gpu_check.sh rollout tests kernels   # in this order: about 9 minutes on an H200
+#   bash benchmarks/gpu_check.sh rollout tests kernels   # in this order: at most 12 minutes (the limits)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
