@@ -54,6 +54,8 @@ VARIANTS = {
     "seed6": (6, 1, False),
     "seed7": (7, 1, False),
     "seed8": (8, 1, False),
+    "seed9": (9, 1, False),
+    "avx2-seed2": (2, 1, True),
 }
 SHARED = ("world", "data", "tokenizer")
 

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# Every GPU-marked test, then the kernel, sampler and RL-step benchmarks, in one call on one CUDA machine (at most 16
-# minutes, 21 with the rollout phase: each phase has its own time limit). Uses $PYTHON, else python3, as it is: it
-# must already hold torch and triton (and pytest); the project is put on PYTHONPATH, nothing is installed. Logs and
-# results go to $OUT when set, else runs/gpu_check. Name phases to run only those, in the order named (tests,
-# kernels, sampler, rl, rollout); the default is all of them in that order.
+# Every GPU-marked test, where the compiled decode step parts from eager, then the kernel, sampler, RL-step and rollout
+# benchmarks, in one call on one CUDA machine (at most 24 minutes: each phase has its own time limit). Uses $PYTHON,
+# else python3, as it is: it must already hold torch and triton (and pytest); the project is put on PYTHONPATH,
+# nothing is installed. Logs and results go to $OUT when set, else runs/gpu_check. Name phases to run only those, in
+# the order named (tests, diagnose, kernels, sampler, rl, rollout); the default is all of them in that order.
 #   bash benchmarks/gpu_check.sh
 #   bash benchmarks/gpu_check.sh rl          # the two RL-step rows only (at most 6 minutes)
 #   bash benchmarks/gpu_check.sh rollout     # the agent loop against its decode step (at most 5 minutes)
 #   bash benchmarks/gpu_check.sh rollout tests kernels   # in this order: at most 12 minutes (the limits)
+#   bash benchmarks/gpu_check.sh tests diagnose   # the GPU tests, and where the compiled decode step parts from eager
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,9 +19,9 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 export TRITON_PRINT_AUTOTUNING=1  # the logs then record which tiles won on this card
 unset TRITON_INTERPRET LITERE_KERNELS
 
-phases=${*:-tests kernels sampler rl rollout}
+phases=${*:-tests diagnose kernels sampler rl rollout}
 for phase in $phases; do
-    case $phase in tests|kernels|sampler|rl|rollout) ;; *) echo "gpu_check: no phase '$phase'" >&2; exit 2 ;; esac
+    case $phase in tests|diagnose|kernels|sampler|rl|rollout) ;; *) echo "gpu_check: no phase '$phase'" >&2; exit 2 ;; esac
 done
 
 echo "== device"
@@ -33,7 +34,7 @@ print("python", platform.python_version(), "| torch", torch.__version__, "| trit
     exit 1
 fi
 
-tests_rc=- bench_rc=- sampler_rc=- rl_small_rc=- rl_large_rc=- rollout_rc=-
+tests_rc=- diagnose_rc=- bench_rc=- sampler_rc=- rl_small_rc=- rl_large_rc=- rollout_rc=-
 
 run_tests() {
     # only the files that hold GPU tests: the others need test-only packages a GPU image may lack
@@ -41,6 +42,20 @@ run_tests() {
     timeout 200 "$py" -m pytest $(grep -l "mark.gpu" tests/test_*.py) -m gpu -q -rs -p no:cacheprovider 2>&1 \
         | tee "$out/gpu_tests.log"
     tests_rc=${PIPESTATUS[0]}
+}
+
+run_diagnose() {
+    # every call of the compiled decode step against the eager forwards of the same rows (the graph's torch code
+    # uncompiled, the sampler's with the Triton kernels, with PyTorch's): which part the tokens part on
+    echo "== compiled decode step against eager, call by call (limit 180 s)"
+    diagnose_rc=0
+    for setting in "default" "reduce-overhead" "default LITERE_KERNELS=torch"; do
+        set -- $setting
+        echo "-- compile=$1 ${2:-}"
+        env ${2:-} timeout 60 "$py" benchmarks/diagnose_compiled_decode.py --device cuda --mode "$1" 2>&1 \
+            | tee -a "$out/diagnose_compiled_decode.log"
+        [ "${PIPESTATUS[0]}" -eq 0 ] || diagnose_rc=1
+    done
 }
 
 run_kernels() {
@@ -82,9 +97,10 @@ run_rollout() {
 
 for phase in $phases; do "run_$phase"; done
 
-echo "gpu_check: tests exit $tests_rc, kernel benchmarks exit $bench_rc, sampler benchmark exit $sampler_rc," \
+echo "gpu_check: tests exit $tests_rc, diagnosis exit $diagnose_rc, kernel benchmarks exit $bench_rc," \
+     "sampler benchmark exit $sampler_rc," \
      "RL step 0.6B exit $rl_small_rc, 4B exit $rl_large_rc, rollouts exit $rollout_rc (124 = hit its time limit," \
      "- = not run); logs in $out"
-for rc in $tests_rc $bench_rc $sampler_rc $rl_small_rc $rl_large_rc $rollout_rc; do
+for rc in $tests_rc $diagnose_rc $bench_rc $sampler_rc $rl_small_rc $rl_large_rc $rollout_rc; do
     [ "$rc" = - ] || [ "$rc" -eq 0 ] || exit 1
 done

@@ -197,6 +197,8 @@ def test_the_check_against_the_eager_step_allows_rounding_only():
     with pytest.raises(CompiledDecodeMismatch, match="hidden states: largest difference inf .* 1 not finite"):
         decode_graph._check_against_eager((spoilt, kv), (hidden, kv), 4)
     decode_graph._check_against_eager((hidden, kv), (spoilt, kv), 4)  # a non-finite eager result: no verdict
+    with pytest.raises(CompiledDecodeMismatch, match="new keys and values"):  # on that tensor only
+        decode_graph._check_against_eager((hidden, kv + 1), (spoilt, kv), 4)
 
 
 def test_a_lowered_cpu_capability_compiles_into_a_cache_of_its_own(model, monkeypatch):

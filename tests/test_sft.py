@@ -151,30 +151,22 @@ def test_copy_targets_are_pairs_seen_earlier_in_the_conversation_and_never_in_tr
     assert sft.copy_targets(batch, known).tolist() == [False, False, False, False, True, False, False, False, False]
 
 
-def test_new_numbers_are_digit_targets_the_conversation_has_not_spelt_before():
+def test_number_targets_split_digit_targets_into_new_spellings_and_copies():
     from litere.train.sft_data import MicroBatch
     digits = numpy.zeros(10, dtype=bool)
     digits[[2, 3]] = True  # tokens 2 and 3 are digit pairs
-    ids = torch.tensor([5, 2, 3, 5, 2, 3, 5, 2, 3])  # one conversation: ": 25 08" spelt twice, then once more
+    ids = torch.tensor([5, 2, 3, 5, 2, 3, 5, 2, 3])  # one conversation: ": 25 08" spelt three times
     batch = MicroBatch(ids[:-1], torch.zeros(8, dtype=torch.long), ids[1:], torch.ones(8), [8])
-    # targets 2 3 5 2 3 5 2 3: the first number is new; its second spelling repeats the pairs 5-2 and 2-3
-    assert sft.new_numbers(batch, digits).tolist() == [True, True, False, False, False, False, False, False]
+    # targets 2 3 5 2 3 5 2 3: the first number is new, the second and third spellings copy it; the 5s are not digits
+    new, copies = sft.number_targets(batch, digits)
+    assert new.tolist() == [True, True, False, False, False, False, False, False]
+    assert copies.tolist() == [False, False, False, True, True, False, True, True]
     two = MicroBatch(ids[:-1], torch.zeros(8, dtype=torch.long), ids[1:], torch.ones(8), [3, 5])
-    # a second conversation from position 3 (inputs 5 2 3 5 2): its first number is new to it
-    assert sft.new_numbers(two, digits).tolist() == [True, True, False, True, True, False, False, False]
-
-
-def test_number_copies_are_digit_targets_whose_pair_the_conversation_has_spelt_before():
-    from litere.train.sft_data import MicroBatch
-    digits = numpy.zeros(10, dtype=bool)
-    digits[[2, 3]] = True
-    ids = torch.tensor([5, 2, 3, 5, 2, 3, 5, 2, 3])  # ": 25 08" spelt three times
-    batch = MicroBatch(ids[:-1], torch.zeros(8, dtype=torch.long), ids[1:], torch.ones(8), [8])
-    # targets 2 3 5 2 3 5 2 3: the second and third spellings copy the first; the 5s are not digits
-    assert sft.number_copies(batch, digits).tolist() == [False, False, False, True, True, False, True, True]
-    two = MicroBatch(ids[:-1], torch.zeros(8, dtype=torch.long), ids[1:], torch.ones(8), [3, 5])
-    # the second conversation (from position 3) copies only its own first spelling
-    assert sft.number_copies(two, digits).tolist() == [False, False, False, False, False, False, True, True]
+    # a second conversation from position 3 (inputs 5 2 3 5 2): its first number is new to it, and it copies only
+    # its own first spelling
+    new, copies = sft.number_targets(two, digits)
+    assert new.tolist() == [True, True, False, True, True, False, False, False]
+    assert copies.tolist() == [False, False, False, False, False, False, True, True]
 
 
 def run_with_copy_losses(data_dir, run_dir, monkeypatch, copy_losses: dict, number_losses: dict | None = None,
@@ -533,7 +525,7 @@ def test_context_loss_new_numbers_false_skips_the_new_numbers_of_each_micro_batc
     run(data_dir, tmp_path / "skip", max_steps=1, export=False, context_loss_weight=0.5,
         context_loss_new_numbers=False)
     digits = sft.number_tokens(Tokenizer.from_dir(data_dir / "tok"))
-    assert seen and all(torch.equal(skip, sft.new_numbers(batch, digits)) for batch, skip, _ in seen)
+    assert seen and all(torch.equal(skip, sft.number_targets(batch, digits)[0]) for batch, skip, _ in seen)
 
 
 def test_target_scale_weighs_each_term_of_the_objective_and_not_the_returned_loss(data_dir):
@@ -549,7 +541,7 @@ def test_number_copy_weight_scales_the_number_copies_of_each_micro_batch(data_di
     seen.clear()
     run(data_dir, tmp_path / "weighted", max_steps=1, export=False, context_loss_weight=0.5, number_copy_weight=3.0)
     digits = sft.number_tokens(Tokenizer.from_dir(data_dir / "tok"))
-    assert seen and all(torch.equal(scale, 1 + 2 * sft.number_copies(batch, digits).float())
+    assert seen and all(torch.equal(scale, 1 + 2 * sft.number_targets(batch, digits)[1].float())
                         for batch, _, scale in seen)
     assert any(scale.max() == 3 for _, _, scale in seen)
     with pytest.raises(run_config.RunConfigError, match="number_copy_weight"):

@@ -137,12 +137,12 @@ class CompiledDecode:
 
 def _check_against_eager(compiled: tuple, eager: tuple, rows: int):
     """Raises `CompiledDecodeMismatch` when the compiled (hidden, new_kv) stray from the eager ones beyond rounding.
-    An eager result that is itself not finite is no verdict on the compiler, and passes."""
+    An eager tensor that is itself not finite is no verdict on the compiler: it is skipped, the other still compared."""
     limit = TOLERANCE.get(eager[0].dtype, LOW_PRECISION_TOLERANCE)
     for name, got, expected in zip(("hidden states", "new keys and values"), compiled, eager):
         expected, got = expected.float(), got.float()
         if not expected.isfinite().all():
-            return
+            continue
         scale = expected.abs().max().clamp_min(1e-6)
         error = ((got - expected).abs().max() / scale).item()
         if not error <= limit:  # NaN included

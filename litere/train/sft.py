@@ -56,11 +56,11 @@ class SFTConfig(TrainerConfig):
     # each with this weight relative to a supervised token; the logged loss stays the supervised one
     context_loss_weight: float = 0.0
     # with context_loss_weight > 0, false: the context loss leaves out the digit targets that spell a number the
-    # conversation has not spelt before (see new_numbers): random values nothing predicts, whose loss teaches a
+    # conversation has not spelt before (see number_targets): random values nothing predicts, whose loss teaches a
     # small model only the distribution of digits
     context_loss_new_numbers: bool = True
     # the targets that copy a number (digit tokens whose pair (input token, target) occurs earlier in the
-    # conversation, see number_copies) count this many times in the objective, supervised or context; 1: once. A
+    # conversation, see number_targets) count this many times in the objective, supervised or context; 1: once. A
     # small model learns to copy names early and numbers last: its copying heads attend to a number's earlier
     # spelling only after a phase change (BENCHMARKS.md, "Numbers")
     number_copy_weight: float = 1.0
@@ -231,18 +231,13 @@ def copy_targets(batch: MicroBatch, known_pairs: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(repeated & ~np.isin(pairs, known_pairs))
 
 
-def new_numbers(batch: MicroBatch, digits: np.ndarray) -> torch.Tensor:
-    """Which targets spell a number the conversation has not spelt before: digit tokens (`digits`, a flag per token
-    id) whose pair (input token, target) does not occur earlier in the conversation."""
+def number_targets(batch: MicroBatch, digits: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """The digit targets (`digits`, a flag per token id) of a packed micro-batch in two sets: those that spell a
+    number the conversation has not spelt before (their pair (input token, target) does not occur earlier in the
+    conversation), and those that copy one (it does)."""
     _, repeated = repeated_pairs(batch)
-    return torch.from_numpy(digits[batch.targets.numpy()] & ~repeated)
-
-
-def number_copies(batch: MicroBatch, digits: np.ndarray) -> torch.Tensor:
-    """Which targets copy a number: digit tokens whose pair (input token, target) occurs earlier in the
-    conversation."""
-    _, repeated = repeated_pairs(batch)
-    return torch.from_numpy(digits[batch.targets.numpy()] & repeated)
+    is_digit = digits[batch.targets.numpy()]
+    return torch.from_numpy(is_digit & ~repeated), torch.from_numpy(is_digit & repeated)
 
 
 def number_tokens(tokenizer: Tokenizer) -> np.ndarray:
@@ -377,9 +372,9 @@ def _train(cfg: SFTConfig, env: DistEnv) -> Path:
         nll = torch.zeros((), dtype=torch.float64, device=env.device)
         for i, micro in enumerate(batch.micro_batches):
             distributed.set_gradient_sync(model, i == len(batch.micro_batches) - 1)
-            skip = None if cfg.context_loss_new_numbers else new_numbers(micro, digits)
-            boost = (None if cfg.number_copy_weight == 1
-                     else 1 + (cfg.number_copy_weight - 1) * number_copies(micro, digits).float())
+            new, copies = (None, None) if digits is None else number_targets(micro, digits)
+            skip = None if cfg.context_loss_new_numbers else new
+            boost = None if cfg.number_copy_weight == 1 else 1 + (cfg.number_copy_weight - 1) * copies.float()
             nll += micro_step(model, micro, scale, env.device, autocast_dtype, cfg.context_loss_weight,
                               skip, boost).double()
         loss = float(distributed.all_reduce_sum(nll, env)) / batch.supervised_tokens
