@@ -1,6 +1,6 @@
-"""Where the compiled decode step parts from the eager sampler: the workload of
-tests/test_sampler_compiled.py::test_cuda_compiled_decode_gives_the_eager_tokens_and_logprobs, with every call of
-the compiled step checked against three eager computations of the same rows.
+"""Where the compiled decode step parts from the eager sampler: the model and workload of
+tests/test_sampler_compiled.py::test_cuda_compiled_decode_gives_the_eager_tokens_and_logprobs (imported from it), with
+every call of the compiled step checked against three eager computations of the same rows.
 
 For each compiled call (the decoding rows of a step) the script computes the rows' hidden states three more ways,
 before the graph writes their k/v, and prints the largest differences from the graph's:
@@ -14,7 +14,7 @@ compiled sampler, as the test compares them.
 
     python benchmarks/diagnose_compiled_decode.py --device cuda --mode default
     LITERE_KERNELS=torch python benchmarks/diagnose_compiled_decode.py --device cuda   # no Triton kernel anywhere
-    python benchmarks/diagnose_compiled_decode.py --device cpu    # the script itself (every difference ~1e-7)
+    python benchmarks/diagnose_compiled_decode.py --device cpu    # the script itself (every difference ~1e-6)
 """
 import argparse
 import contextlib
@@ -24,60 +24,17 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from litere.config import ModelConfig  # noqa: E402
-from litere.model import Qwen3  # noqa: E402
-from litere.sampler import Sampler, SamplingParams  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+from litere.sampler import Sampler  # noqa: E402
 from litere.sampler.decode_graph import CompiledDecode, decode_step  # noqa: E402
 from litere.sampler.kv_cache import CacheStep  # noqa: E402
-
-VOCAB = 256
-GREEDY = SamplingParams(temperature=0, max_new_tokens=14, stop_token_ids=())
-SAMPLED = SamplingParams(temperature=0.8, top_p=0.9, max_new_tokens=18, seed=5, stop_token_ids=())
+from model_utils import random_model, small_config  # noqa: E402
+from test_sampler_compiled import VOCAB, agent_like_workload  # noqa: E402
 
 
-def test_model(device) -> Qwen3:
-    """The test's model: tests/model_utils.py's small_config and random_model(seed=21)."""
-    config = ModelConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, head_dim=16, rope_theta=5e6,
-                         max_position_embeddings=1024, tie_word_embeddings=True, torch_dtype="float32")
-    model = Qwen3(config)
-    model.init_weights(std=0.1, generator=torch.Generator().manual_seed(21))
-    with torch.no_grad():
-        gen = torch.Generator().manual_seed(22)
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):
-                p.add_(0.1 * torch.randn(p.shape, generator=gen))
-    return model.eval().to(device)
-
-
-def prompts(*lengths, seed):
-    gen = torch.Generator().manual_seed(seed)
-    return [torch.randint(0, VOCAB, (n,), generator=gen).tolist() for n in lengths]
-
-
-def drain(sampler) -> dict:
-    outputs = {}
-    while sampler.has_work():
-        for out in sampler.step():
-            outputs[out.request_id] = out
-    return outputs
-
-
-def workload(sampler) -> dict:
-    """The test's `agent_like_workload`: (tokens, logprobs) per request."""
-    one, shared, held, late = prompts(1, 37, 20, 9, seed=3)
-    sampler.add(one, GREEDY)
-    sampler.add(shared, SAMPLED, n=3)
-    held_id = sampler.add(held, GREEDY, resumable=True)[0]
-    for _ in range(5):
-        sampler.step()
-    sampler.add(late, SAMPLED)
-    results = {i: (o.token_ids, o.logprobs) for i, o in drain(sampler).items()}
-    sampler.extend(held_id, prompts(7, seed=4)[0])
-    results.update({("extended", i): (o.token_ids, o.logprobs) for i, o in drain(sampler).items()})
-    sampler.release(held_id)
-    return results
+def the_tests_model(device):
+    return random_model(small_config(vocab_size=VOCAB), seed=21).to(device)
 
 
 @contextlib.contextmanager
@@ -148,12 +105,12 @@ def main(argv=None) -> int:
     print(f"torch {torch.__version__}, device {device}, compile={args.mode}, "
           f"LITERE_KERNELS={os.environ.get('LITERE_KERNELS', '(unset)')}, "
           f"allow_tf32 {torch.backends.cuda.matmul.allow_tf32}")
-    model = test_model(device)
-    eager = workload(Sampler(model, max_cache_tokens=4096, block_size=8))
+    model = the_tests_model(device)
+    eager = agent_like_workload(Sampler(model, max_cache_tokens=4096, block_size=8))
     rows: list = []
     original = record_differences(rows)
     try:
-        compiled = workload(Sampler(model, max_cache_tokens=4096, block_size=8, compile=args.mode))
+        compiled = agent_like_workload(Sampler(model, max_cache_tokens=4096, block_size=8, compile=args.mode))
     finally:
         CompiledDecode.__call__ = original
     columns = list(rows[0]) if rows else []
