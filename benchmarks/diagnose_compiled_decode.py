@@ -61,11 +61,11 @@ def record_differences(rows: list):
             formula, _ = decode_step(model, input_ids, positions, block_table, context_lens, cache.data)
             cu = torch.arange(len(input_ids) + 1, dtype=torch.int32, device=input_ids.device)
             eager = {}
-            for backend in ("kernels", "torch"):
-                with kernels_backend(None if backend == "kernels" else "torch"):
+            for name, forced in (("kernels", None), ("torch", "torch")):
+                with kernels_backend(forced):
                     # writes the rows' k/v at their slots; the graph reads none of those and overwrites them
                     step = CacheStep(cache, slots, block_table, cu, context_lens, 1)
-                    eager[backend] = model(input_ids, positions, cache=step)
+                    eager[name] = model(input_ids, positions, cache=step)
             graph = original(self, input_ids, positions, slots, block_table, context_lens)
             logits = {name: model.logits(h).float() for name, h in
                       (("graph", graph), ("formula", formula), *eager.items())}
