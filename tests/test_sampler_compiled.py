@@ -52,6 +52,26 @@ def assert_same_results(eager, compiled):
         torch.testing.assert_close(torch.tensor(compiled[key][1]), torch.tensor(logprobs), atol=1e-5, rtol=0)
 
 
+def test_block_table_writes_do_not_depend_on_their_order(model, monkeypatch):
+    """A batched write to repeated cells keeps an arbitrary one of them on CUDA, and a fork's shared last block and
+    its copy-on-write replacement are queued in the same step: applied in reverse order, every step still leaves
+    each running sequence's row equal to its blocks, and the workload keeps its tokens."""
+    reference = agent_like_workload(Sampler(model, max_cache_tokens=4096, block_size=8))
+    apply, copies = Sampler._apply_block_updates, []
+
+    def reversed_writes(self):
+        scheduler = self.scheduler
+        scheduler.table_writes = dict(reversed(scheduler.table_writes.items()))
+        copies.extend(scheduler.block_copies)
+        apply(self)
+        for seq in scheduler.running:
+            assert self.block_table[seq.row, :len(seq.blocks)].tolist() == seq.blocks
+
+    monkeypatch.setattr(Sampler, "_apply_block_updates", reversed_writes)
+    assert_same_results(reference, agent_like_workload(Sampler(model, max_cache_tokens=4096, block_size=8)))
+    assert copies  # the workload's forks did copy a shared block
+
+
 def count_compiled_steps(monkeypatch):
     calls = []
     original = CompiledDecode.__call__

@@ -317,9 +317,9 @@ class Sampler:
             self.block_table[torch.tensor(scheduler.row_resets, device=device)] = 0
             scheduler.row_resets.clear()
         if scheduler.table_writes:
-            rows, cols, blocks = zip(*scheduler.table_writes)
+            rows, cols = zip(*scheduler.table_writes)
             self.block_table[torch.tensor(rows, device=device), torch.tensor(cols, device=device)] = torch.tensor(
-                blocks, dtype=torch.int32, device=device)
+                list(scheduler.table_writes.values()), dtype=torch.int32, device=device)
             scheduler.table_writes.clear()
         if scheduler.block_copies:
             src, dst = zip(*scheduler.block_copies)

@@ -65,7 +65,9 @@ class Scheduler:
         self._free_rows = list(range(max_num_seqs - 1, -1, -1))
         # device work for the engine, applied in order:
         self.row_resets: list[int] = []  # rows taken by another sequence: cleared to block 0, before the writes
-        self.table_writes: list[tuple[int, int, int]] = []  # (row, column, block) before the forward
+        # (row, column) -> block, before the forward: one entry per cell, because a batched write of repeated
+        # cells keeps an arbitrary one of them on CUDA (a fork's shared block and its copy, queued in one step)
+        self.table_writes: dict[tuple[int, int], int] = {}
         self.block_copies: list[tuple[int, int]] = []  # (src, dst) copy-on-write before the forward
         self.penalty_resets: list[tuple[int, list[int], list[int]]] = []  # (row, prompt, output) before sampling
 
@@ -200,12 +202,12 @@ class Scheduler:
             self.blocks.release([src])
             seq.blocks[-1] = dst
             if seq.row is not None:  # a queued sequence gets its whole row written when admitted
-                self.table_writes.append((seq.row, len(seq.blocks) - 1, dst))
+                self.table_writes[seq.row, len(seq.blocks) - 1] = dst
         for _ in range(math.ceil((seq.num_cached + n) / self.block_size) - len(seq.blocks)):
             block = self.blocks.allocate(seq.blocks[-1] if seq.blocks else None)
             seq.blocks.append(block)
             if seq.row is not None:
-                self.table_writes.append((seq.row, len(seq.blocks) - 1, block))
+                self.table_writes[seq.row, len(seq.blocks) - 1] = block
 
     def _drop_cache(self, seq: Sequence):
         self.blocks.release(seq.blocks)
@@ -226,7 +228,9 @@ class Scheduler:
         the longest sequence's width (masking the keys past each sequence's end), and the ids a row's earlier
         sequence left there would send those reads all over the cache instead of to one block."""
         self.row_resets.append(seq.row)
-        self.table_writes.extend((seq.row, j, b) for j, b in enumerate(seq.blocks))
+        for cell in [cell for cell in self.table_writes if cell[0] == seq.row]:  # the row's earlier sequence's
+            del self.table_writes[cell]
+        self.table_writes.update(((seq.row, j), b) for j, b in enumerate(seq.blocks))
         if seq.params.uses_penalties:
             self.penalty_resets.append((seq.row, seq.tokens[:seq.turn_start], seq.tokens[seq.turn_start:]))
 
