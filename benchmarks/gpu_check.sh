@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Every GPU-marked test, where the compiled decode step parts from eager, then the kernel, sampler, RL-step and rollout
-# benchmarks, in one call on one CUDA machine (at most 24 minutes: each phase has its own time limit). Uses $PYTHON,
+# benchmarks, in one call on one CUDA machine (at most 26 minutes: each phase has its own time limit). Uses $PYTHON,
 # else python3, as it is: it must already hold torch and triton (and pytest); the project is put on PYTHONPATH,
 # nothing is installed. Logs and results go to $OUT when set, else runs/gpu_check. Name phases to run only those, in
 # the order named (tests, diagnose, kernels, sampler, rl, rollout); the default is all of them in that order.
 #   bash benchmarks/gpu_check.sh
 #   bash benchmarks/gpu_check.sh rl          # the two RL-step rows only (at most 6 minutes)
-#   bash benchmarks/gpu_check.sh rollout     # the agent loop against its decode step (at most 5 minutes)
-#   bash benchmarks/gpu_check.sh rollout tests kernels   # in this order: at most 12 minutes (the limits)
+#   bash benchmarks/gpu_check.sh rollout     # the agent loop against its decode step (at most 7 minutes)
+#   bash benchmarks/gpu_check.sh rollout tests kernels   # in this order: at most 14 minutes (the limits)
 #   bash benchmarks/gpu_check.sh tests diagnose   # the GPU tests, and where the compiled decode step parts from eager
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -88,8 +88,8 @@ run_rollout() {
     # the agent loop over the sampler against its own decode step: random weights, 64 questions greedy and 16 x 8
     # RL samples, 512-token prompts, 4 turns of 128 sampled tokens, 256-token tool responses; the eager sampler
     # (the demo's settings) and the compiled decode step replayed as CUDA graphs
-    echo "== rollouts, 0.6B shape in bf16 (limit 300 s)"
-    timeout 300 "$py" benchmarks/bench_rollout.py --workload synthetic --shape qwen3-0.6b --device cuda --dtype bf16 \
+    echo "== rollouts, 0.6B shape in bf16 (limit 420 s)"
+    timeout 420 "$py" benchmarks/bench_rollout.py --workload synthetic --shape qwen3-0.6b --device cuda --dtype bf16 \
         --configs eager,graphs --n-questions 64 --rl-questions 16 --threads 0 --json "$out/bench_rollout.json" 2>&1 \
         | tee "$out/bench_rollout.log"
     rollout_rc=${PIPESTATUS[0]}
