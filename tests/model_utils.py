@@ -48,3 +48,24 @@ def drain(sampler) -> dict:
         for out in sampler.step():
             outputs[out.request_id] = out
     return outputs
+
+
+def block_writes_in_reverse(monkeypatch) -> list:
+    """Make every Sampler apply its queued block-table writes in reverse order, as CUDA may apply a batched write to
+    repeated cells in any order, and check after each application that every running sequence's row holds its
+    blocks. Returns the list the queued block copies are collected in."""
+    from litere.sampler import Sampler
+
+    apply, copies = Sampler._apply_block_updates, []
+
+    def reversed_writes(self):
+        scheduler = self.scheduler
+        scheduler.table_writes = dict(reversed(scheduler.table_writes.items()))
+        copies.extend(scheduler.block_copies)
+        apply(self)
+        for seq in scheduler.running:
+            for s in (seq, *seq.forks):
+                if s.row is not None:
+                    assert self.block_table[s.row, :len(s.blocks)].tolist() == s.blocks
+    monkeypatch.setattr(Sampler, "_apply_block_updates", reversed_writes)
+    return copies

@@ -5,7 +5,7 @@ import torch
 from litere.sampler.kv_cache import CacheStep, PagedKVCache
 from litere.sampler import Sampler, SamplingParams
 
-from model_utils import drain, hf_twin, random_model, random_prompts, small_config
+from model_utils import block_writes_in_reverse, drain, hf_twin, random_model, random_prompts, small_config
 
 VOCAB = 256
 GREEDY = SamplingParams(temperature=0, max_new_tokens=12, stop_token_ids=())
@@ -275,8 +275,13 @@ def test_extend_over_budget_is_refused(model):
     assert out.finish_reason == "budget" and len(out.token_ids) == 1
 
 
-def test_full_cache_makes_requests_wait_and_all_complete(model):
-    """24 blocks of 4 tokens for six requests needing 8 blocks each: admission waits, decoding preempts."""
+@pytest.mark.parametrize("writes", ["in order", "in reverse"])
+def test_full_cache_makes_requests_wait_and_all_complete(model, writes, monkeypatch):
+    """24 blocks of 4 tokens for six requests needing 8 blocks each: admission waits, decoding preempts. Rows change
+    hands and forks copy shared blocks, so the queued block-table writes are also applied in reverse order (as CUDA
+    may apply repeated cells of one write), which must not change a token."""
+    if writes == "in reverse":
+        block_writes_in_reverse(monkeypatch)
     ps = prompts(9, 14, 3, 20, 11, 6, seed=13)
     params = SamplingParams(temperature=0, max_new_tokens=12, stop_token_ids=())
     sampler = Sampler(model, max_cache_tokens=96, block_size=4, max_num_seqs=8, max_batch_tokens=16)

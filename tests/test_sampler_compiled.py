@@ -12,7 +12,7 @@ from litere.sampler import decode_graph
 from litere.sampler.decode_graph import CompiledDecode, CompiledDecodeMismatch, DecodeAttention
 from litere.sampler import Sampler, SamplingParams
 
-from model_utils import drain, random_model, random_prompts, small_config
+from model_utils import block_writes_in_reverse, drain, random_model, random_prompts, small_config
 
 VOCAB = 256
 GREEDY = SamplingParams(temperature=0, max_new_tokens=14, stop_token_ids=())
@@ -53,21 +53,10 @@ def assert_same_results(eager, compiled):
 
 
 def test_block_table_writes_do_not_depend_on_their_order(model, monkeypatch):
-    """A batched write to repeated cells keeps an arbitrary one of them on CUDA, and a fork's shared last block and
-    its copy-on-write replacement are queued in the same step: applied in reverse order, every step still leaves
-    each running sequence's row equal to its blocks, and the workload keeps its tokens."""
+    """A fork's shared last block and its copy-on-write replacement are queued in the same step; applied in reverse
+    order (model_utils.block_writes_in_reverse), the writes leave the workload's tokens unchanged."""
     reference = agent_like_workload(Sampler(model, max_cache_tokens=4096, block_size=8))
-    apply, copies = Sampler._apply_block_updates, []
-
-    def reversed_writes(self):
-        scheduler = self.scheduler
-        scheduler.table_writes = dict(reversed(scheduler.table_writes.items()))
-        copies.extend(scheduler.block_copies)
-        apply(self)
-        for seq in scheduler.running:
-            assert self.block_table[seq.row, :len(seq.blocks)].tolist() == seq.blocks
-
-    monkeypatch.setattr(Sampler, "_apply_block_updates", reversed_writes)
+    copies = block_writes_in_reverse(monkeypatch)
     assert_same_results(reference, agent_like_workload(Sampler(model, max_cache_tokens=4096, block_size=8)))
     assert copies  # the workload's forks did copy a shared block
 
