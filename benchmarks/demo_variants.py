@@ -56,6 +56,8 @@ VARIANTS = {
     "seed8": (8, 1, False),
     "seed9": (9, 1, False),
     "avx2-seed2": (2, 1, True),
+    "seed10": (10, 1, False),
+    "avx2-seed3": (3, 1, True),
 }
 SHARED = ("world", "data", "tokenizer")
 
