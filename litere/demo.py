@@ -28,8 +28,8 @@ then reinforcement learning from rewards alone on harder questions than it was t
               RL) and report.json: accuracy per type before and after RL, the filter's counts, the RL run's reward,
               probe, lengths, tool calls, importance weights, time split, and the stage times
 Each stage reuses what an earlier run left (a finished world, data, tokenizer, SFT run, filter, RL run or evaluation
-with the same settings and inputs); an interrupted SFT run, filter or RL run resumes (the RL run from its last
-checkpoint); --fresh starts over. --rl key=value changes a setting of configs/demo_rl.toml (the filter takes the
+with the same settings and inputs) and sets aside one made otherwise (renamed `<stage>.replaced-<time>`, never
+deleted); an interrupted SFT run, filter or RL run resumes (the RL run from its last checkpoint); --fresh starts over. --rl key=value changes a setting of configs/demo_rl.toml (the filter takes the
 rollout settings it shares with the RL stage), e.g. `--rl stop_after_steps=5` stops the RL run after step 5 (a later
 run without it continues the run); other key=value settings are the SFT config's.
 
@@ -172,12 +172,24 @@ def _read_stamp(directory: Path) -> str:
     return (directory / ".stamp").read_text().strip()
 
 
+def _set_aside(directory: Path, name: str, made: str):
+    """A stage directory made with other settings or inputs is renamed, not deleted: a trained model or a run that
+    was edited by hand can be hours of work. It keeps its name with `.replaced-<time>` added, beside the new one."""
+    aside = directory.with_name(f"{directory.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
+    for n in range(2, 1000):
+        if not aside.exists():
+            break
+        aside = aside.with_name(f"{directory.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}-{n}")
+    directory.rename(aside)
+    log(f"{name}: {directory} was {made} with other settings or inputs; starting it again (the old one is kept as "
+        f"{aside})")
+
+
 def _open_stage(directory: Path, settings: dict, name: str):
-    """Before a stage's work: a directory started with other settings or inputs is removed; the settings are
-    recorded as started, so that a rerun resumes what is there."""
+    """Before a stage's work: a directory started with other settings or inputs is set aside (`_set_aside`); the
+    settings are recorded as started, so that a rerun resumes what is there."""
     if directory.exists() and not _done(directory, {**settings, "state": "started"}):
-        log(f"{name}: {directory} was made with other settings or inputs; starting it again")
-        shutil.rmtree(directory)
+        _set_aside(directory, name, "made")
     directory.mkdir(parents=True, exist_ok=True)
     _mark_done(directory, {**settings, "state": "started"})
 
@@ -245,7 +257,9 @@ def prepare_world(out: Path, config: BuildConfig) -> Path:
     if _done(world, config.to_dict()):
         log(f"world: reusing {world}")
         return world
-    shutil.rmtree(world, ignore_errors=True)
+    if (world / ".stamp").is_file():
+        _set_aside(world, "world", "built")
+    shutil.rmtree(world, ignore_errors=True)  # an interrupted build
     log(f"world: building {config.worlds} training worlds x {config.trajectories} questions and the held-out "
         f"evaluation world ({config.eval_questions} questions) in {world}")
     build(config, world, log=None)
@@ -340,8 +354,7 @@ def run_sft(cfg: sft.SFTConfig, data: Path, tokenizer: Path) -> Path:
         log(f"SFT: reusing the finished run {run_dir}")
         return final
     if run_dir.exists() and not _done(run_dir, {**settings, "state": "started"}):
-        log(f"SFT: {run_dir} was trained with other settings or inputs; starting it again")
-        shutil.rmtree(run_dir)
+        _set_aside(run_dir, "SFT", "trained")
     run_dir.mkdir(parents=True, exist_ok=True)
     _mark_done(run_dir, {**settings, "state": "started"})
     length = (f"{cfg.budget_minutes:g} minutes" if cfg.budget_minutes > 0 else f"{cfg.max_steps} steps"

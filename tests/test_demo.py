@@ -230,6 +230,8 @@ def test_changed_settings_redo_only_the_stages_they_touch(first_run, capsys):
                    *FAST, "max_steps=2")
     assert "world: reusing" in log and "tokenizer: reusing" in log
     assert "trained with other settings or inputs; starting it again" in log
+    kept = [d for d in first_run.glob("sft.replaced-*") if (d / "final" / "config.json").is_file()]
+    assert kept  # the earlier trained model is set aside, not deleted
     assert "eval (held_out): 2 questions" in log and "eval (training): 3 questions" in log
     assert "filter: " in log and "filter: reusing" not in log  # a new SFT model: the filter and RL run again
     assert "RL: reusing" not in log and "eval after RL (held_out): 2 questions" in log
