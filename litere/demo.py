@@ -29,9 +29,10 @@ then reinforcement learning from rewards alone on harder questions than it was t
               probe, lengths, tool calls, importance weights, time split, and the stage times
 Each stage reuses what an earlier run left (a finished world, data, tokenizer, SFT run, filter, RL run or evaluation
 with the same settings and inputs) and sets aside one made otherwise (renamed `<stage>.replaced-<time>`, never
-deleted); an interrupted SFT run, filter or RL run resumes (the RL run from its last checkpoint); --fresh starts over. --rl key=value changes a setting of configs/demo_rl.toml (the filter takes the
-rollout settings it shares with the RL stage), e.g. `--rl stop_after_steps=5` stops the RL run after step 5 (a later
-run without it continues the run); other key=value settings are the SFT config's.
+deleted); an interrupted SFT run, filter or RL run resumes (the RL run from its last checkpoint); --fresh starts over.
+--rl key=value changes a setting of configs/demo_rl.toml (the filter takes the rollout settings it shares with the RL
+stage), e.g. `--rl stop_after_steps=5` stops the RL run after step 5 (a later run without it continues the run); other
+key=value settings are the SFT config's.
 
 Why a short system prompt: the LiteResearcher prompt (litere/system_prompt.txt) is about 1,100 tokens with the
 demo's 800-token vocabulary, more than a whole direct-question trajectory; it would take most of the training
@@ -175,11 +176,10 @@ def _read_stamp(directory: Path) -> str:
 def _set_aside(directory: Path, name: str, made: str):
     """A stage directory made with other settings or inputs is renamed, not deleted: a trained model or a run that
     was edited by hand can be hours of work. It keeps its name with `.replaced-<time>` added, beside the new one."""
-    aside = directory.with_name(f"{directory.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
-    for n in range(2, 1000):
-        if not aside.exists():
-            break
-        aside = aside.with_name(f"{directory.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}-{n}")
+    stem = f"{directory.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}"
+    aside, n = directory.with_name(stem), 2
+    while aside.exists():
+        aside, n = directory.with_name(f"{stem}-{n}"), n + 1
     directory.rename(aside)
     log(f"{name}: {directory} was {made} with other settings or inputs; starting it again (the old one is kept as "
         f"{aside})")
