@@ -259,7 +259,8 @@ def prepare_world(out: Path, config: BuildConfig) -> Path:
         return world
     if (world / ".stamp").is_file():
         _set_aside(world, "world", "built")
-    shutil.rmtree(world, ignore_errors=True)  # an interrupted build
+    else:
+        shutil.rmtree(world, ignore_errors=True)  # an interrupted build
     log(f"world: building {config.worlds} training worlds x {config.trajectories} questions and the held-out "
         f"evaluation world ({config.eval_questions} questions) in {world}")
     build(config, world, log=None)

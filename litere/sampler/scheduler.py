@@ -228,8 +228,6 @@ class Scheduler:
         the longest sequence's width (masking the keys past each sequence's end), and the ids a row's earlier
         sequence left there would send those reads all over the cache instead of to one block."""
         self.row_resets.append(seq.row)
-        for cell in [cell for cell in self.table_writes if cell[0] == seq.row]:  # the row's earlier sequence's
-            del self.table_writes[cell]
         self.table_writes.update(((seq.row, j), b) for j, b in enumerate(seq.blocks))
         if seq.params.uses_penalties:
             self.penalty_resets.append((seq.row, seq.tokens[:seq.turn_start], seq.tokens[seq.turn_start:]))
