@@ -6,12 +6,13 @@ import pytest
 import torch
 
 from litere import run_config
+from litere.bpe import train_tokenizer
 from litere.train import sft
 from litere.train.distributed import DistEnv
-from litere.train.sft_data import BatchPlanner, DataPosition, load_sft_dataset, pack_documents
-from litere.tokenizer import Tokenizer
+from litere.train.sft_data import BatchPlanner, DataPosition, load_sft_dataset, pack_documents, recall_drills
+from litere.tokenizer import Tokenizer, render
 from model_utils import random_model, small_config
-from sft_helpers import crash_in_step, losses, make_data, metrics, tiny_overrides
+from sft_helpers import crash_in_step, losses, make_data, metrics, tiny_overrides, write_conversations
 
 
 @pytest.fixture(scope="module")
@@ -568,3 +569,40 @@ def test_bf16_needs_torch_to_use_the_cpus_bf16_instructions(monkeypatch):
     from litere import cpu
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")  # ATEN_CPU_CAPABILITY=avx2
     assert not cpu.has_bf16()
+
+
+def test_recall_drills_list_keys_and_two_token_values_then_recall_them_in_another_order():
+    keys, values = numpy.arange(100, 140), numpy.arange(10, 20)
+    drills = recall_drills(5, keys, values, separator=7, entries=6, seed=3)
+    assert len(drills) == 5 and set(drills.lengths) == {48} and not drills.labels.any()
+    for i in range(5):
+        lines = drills.document(i)[0].reshape(12, 4)
+        first, again = lines[:6], lines[6:]
+        assert (lines[:, 3] == 7).all() and numpy.isin(lines[:, 0], keys).all() and numpy.isin(lines[:, 1:3], values).all()
+        assert len(set(first[:, 0])) == 6  # distinct keys: each recall has one answer
+        assert sorted(map(tuple, first)) == sorted(map(tuple, again)) and not (first == again).all()
+    assert numpy.array_equal(drills.tokens, recall_drills(5, keys, values, 7, entries=6, seed=3).tokens)
+    assert not numpy.array_equal(drills.tokens, recall_drills(5, keys, values, 7, entries=6, seed=4).tokens)
+    with pytest.raises(ValueError, match="6 distinct keys"):
+        recall_drills(1, keys[:5], values, 7, entries=6)
+
+
+def test_recall_drills_join_the_training_data_and_not_the_copy_probe(data_dir, tmp_path):
+    conversations = write_conversations(tmp_path / "train.jsonl", 40, seed=0)
+    tokenizer = train_tokenizer((render(c) for c in conversations), 400, tmp_path / "tok", digit_pairs=True)
+    settings = dict(tokenizer=str(tmp_path / "tok"), eval_files=[str(data_dir / "eval.jsonl")],
+                    train_files=[str(tmp_path / "train.jsonl")], context_loss_weight=0.5)
+    plain = run_config.load(sft.SFTConfig, None, tiny_overrides(data_dir, **settings))
+    drilled = run_config.load(sft.SFTConfig, None, tiny_overrides(data_dir, recall_drills=30, **settings))
+    logged = []
+    log = type("Log", (), {"info": staticmethod(logged.append)})
+    (planner, held_out), (drilled_planner, drilled_held_out) = (sft._load_data(c, tokenizer, log) for c in (plain, drilled))
+    dataset, with_drills = planner.dataset, drilled_planner.dataset
+    assert len(with_drills) == len(dataset) + 30 and with_drills.sources[-1] == "recall drill 29"
+    assert numpy.array_equal(with_drills.tokens[:len(dataset.tokens)], dataset.tokens)
+    assert numpy.array_equal(held_out.known_pairs, drilled_held_out.known_pairs)
+    assert any(line.startswith("recall drills: 30 documents of 128 tokens") for line in logged)
+    with pytest.raises(run_config.RunConfigError, match="recall_drills=30 needs context_loss_weight"):
+        sft.SFTConfig(recall_drills=30)
+    with pytest.raises(run_config.RunConfigError, match="the 100 two-digit tokens"):
+        sft.drill_tokens(Tokenizer.from_dir(data_dir / "tok"))

@@ -26,7 +26,7 @@ from .core import (NonFiniteGuard, RunLog, TimedWarmupCosine, TrainerConfig, War
                    duration, export, load_tokenizer, model_config, open_run, optimizer_step, peak_flops,
                    resolve_precision, step_flops)
 from .distributed import DistEnv
-from .sft_data import BatchPlanner, DataPosition, MicroBatch, load_sft_dataset
+from .sft_data import BatchPlanner, DataPosition, MicroBatch, load_sft_dataset, recall_drills
 
 
 # held-out losses a schedule can act on
@@ -64,6 +64,10 @@ class SFTConfig(TrainerConfig):
     # small model learns to copy names early and numbers last: its copying heads attend to a number's earlier
     # spelling only after a phase change (BENCHMARKS.md, "Numbers")
     number_copy_weight: float = 1.0
+    # > 0 (with context_loss_weight > 0): this many synthetic documents join the training data, lists of keys and
+    # two-token numbers recalled in another order (sft_data.recall_drills): copying with no other cue, which a small
+    # model trained from scratch otherwise learns for numbers only after a phase change
+    recall_drills: int = 0
     # > 0: train for this many minutes of wall-clock time instead of a step count; warmup and cosine run over the
     # time budget and training stops when it is spent (or earlier, when epochs / max_steps are done)
     budget_minutes: float = 0.0
@@ -140,6 +144,11 @@ class SFTConfig(TrainerConfig):
                                             key="number_copy_weight")
         if self.context_loss_weight < 0:
             raise run_config.RunConfigError(f"context_loss_weight={self.context_loss_weight} must be >= 0")
+        check_non_negative(self, "recall_drills")
+        if self.recall_drills and not self.context_loss_weight:
+            raise run_config.RunConfigError(f"recall_drills={self.recall_drills} needs context_loss_weight > 0 (a "
+                                            "drill has no supervised token; the context loss trains it)",
+                                            key="recall_drills")
         if self.budget_minutes < 0:
             raise run_config.RunConfigError(f"budget_minutes={self.budget_minutes} must be >= 0 (0: no time budget)")
         if self.stop_after_steps < 0:
@@ -244,6 +253,20 @@ def number_tokens(tokenizer: Tokenizer) -> np.ndarray:
     """A flag per token id: the token is digits (after an optional space)."""
     texts = (tokenizer.decode([i]).lstrip(" ") for i in range(tokenizer.vocab_size))
     return np.array([t.isascii() and t.isdigit() for t in texts])
+
+
+def drill_tokens(tokenizer: Tokenizer) -> tuple[np.ndarray, np.ndarray, int]:
+    """What recall drills are made of: the ids of word tokens (letters after an optional space: the keys), of
+    two-digit tokens (the values) and of the newline token (the separator)."""
+    texts = [tokenizer.decode([i]) for i in range(tokenizer.vocab_size)]
+    keys = [i for i, t in enumerate(texts) if t.lstrip(" ").isascii() and t.lstrip(" ").isalpha()]
+    values = [i for i, t in enumerate(texts) if len(t) == 2 and t.isascii() and t.isdigit()]
+    newline = tokenizer.encode("\n")
+    if len(values) != 100 or len(newline) != 1:
+        raise run_config.RunConfigError(f"recall_drills needs a tokenizer with the 100 two-digit tokens (it has "
+                                        f"{len(values)}) and a newline token (the demo's: litere.bpe.train_tokenizer "
+                                        "with digit_pairs)", key="recall_drills")
+    return np.array(keys), np.array(values), newline[0]
 
 
 def assistant_turns(supervised: np.ndarray, seqlens) -> list[list[np.ndarray]]:
@@ -456,6 +479,13 @@ def _load_data(cfg: SFTConfig, tokenizer: Tokenizer, log: RunLog) -> tuple[Batch
                     think_layout=cfg.think_layout, log=log.info)
     dataset, stats = load_sft_dataset(cfg.train_files, tokenizer, **settings)
     log.info(f"data: {stats.summary()}")
+    known = np.unique(token_pairs(dataset.tokens[:-1], dataset.tokens[1:]))  # of the conversations, not the drills
+    if cfg.recall_drills:
+        keys, values, separator = drill_tokens(tokenizer)
+        drills = recall_drills(cfg.recall_drills, keys, values, separator, seed=cfg.seed)
+        dataset = dataset.concat(drills)
+        log.info(f"recall drills: {len(drills)} documents of {drills.lengths[0]} tokens "
+                 f"({len(drills.tokens) / len(dataset.tokens):.1%} of the training tokens)")
     planner = BatchPlanner(dataset, global_batch=cfg.global_batch, unit=cfg.batch_unit, pack_tokens=cfg.pack_tokens,
                            seed=cfg.seed)
     if not cfg.eval_files:
@@ -465,7 +495,6 @@ def _load_data(cfg: SFTConfig, tokenizer: Tokenizer, log: RunLog) -> tuple[Batch
         eval_set = eval_set.subset(eval_indices(len(eval_set), cfg.eval_limit, cfg.eval_pick))
     used = {"first": "the first", "spread": "evenly spaced,"}[cfg.eval_pick]
     log.info(f"eval data: {eval_stats.summary()}" + (f"; {used} {len(eval_set)} are used" if cfg.eval_limit else ""))
-    known = np.unique(token_pairs(dataset.tokens[:-1], dataset.tokens[1:]))
     held_out = HeldOut(BatchPlanner(eval_set, global_batch=len(eval_set), unit="sequences", pack_tokens=cfg.pack_tokens,
                                     seed=cfg.seed), known, number_tokens(tokenizer))
     _check_second_hop_probe(cfg, eval_set, held_out.second_hop[0])

@@ -260,6 +260,12 @@ class SFTDataset:
                           np.concatenate([labels for _, labels in documents]),
                           np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64), [self.sources[i] for i in indices])
 
+    def concat(self, other: "SFTDataset") -> "SFTDataset":
+        """This dataset's documents, then `other`'s."""
+        return SFTDataset(np.concatenate([self.tokens, other.tokens]), np.concatenate([self.labels, other.labels]),
+                          np.concatenate([self.offsets, self.offsets[-1] + other.offsets[1:]]),
+                          self.sources + other.sources)
+
     def fingerprint(self) -> str:
         """Changes when the documents change; stored with checkpoints so a resume notices different data."""
         digest = hashlib.sha256(self.offsets.tobytes())
@@ -331,6 +337,27 @@ def load_sft_dataset(paths: list[str | Path], tokenizer: Tokenizer, *, cutoff_le
     offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
     return SFTDataset(tokens, labels, offsets, sources), stats
+
+
+def recall_drills(count: int, keys: np.ndarray, values: np.ndarray, separator: int, *, entries: int = 16,
+                  seed: int = 0) -> SFTDataset:
+    """`count` synthetic documents that only copying predicts, without a label: `entries` lines of a key token and a
+    two-token value (all drawn at random: `keys` distinct within a document, `values` with repeats), then the same
+    lines again in another order. Where the same pair begins several values, recalling a value's second token needs
+    its key as well as its first token, as copying a number spelt in digit pairs from a page does (one pair begins
+    many years)."""
+    if entries > len(keys):
+        raise ValueError(f"recall drills of {entries} entries need {entries} distinct keys; {len(keys)} given")
+    rng = np.random.default_rng(seed)
+    width = 4  # key, two value tokens, separator
+    documents = np.empty((count, 2 * entries * width), dtype=np.int32)
+    for doc in documents:
+        lines = np.column_stack([rng.choice(keys, entries, replace=False), rng.choice(values, (entries, 2)),
+                                 np.full(entries, separator)])
+        doc[:] = np.concatenate([lines.ravel(), lines[rng.permutation(entries)].ravel()])
+    length = documents.shape[1]
+    return SFTDataset(documents.ravel(), np.zeros(documents.size, dtype=np.uint8),
+                      np.arange(count + 1, dtype=np.int64) * length, [f"recall drill {i}" for i in range(count)])
 
 
 # --- batches ------------------------------------------------------------------------------------------------------
