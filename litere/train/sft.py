@@ -65,8 +65,8 @@ class SFTConfig(TrainerConfig):
     # spelling only after a phase change (BENCHMARKS.md, "Numbers")
     number_copy_weight: float = 1.0
     # > 0 (with context_loss_weight > 0): this many synthetic documents join the training data, lists of keys and
-    # two-token numbers recalled in another order (sft_data.recall_drills): copying with no other cue, which a small
-    # model trained from scratch otherwise learns for numbers only after a phase change
+    # two-token numbers recalled in another order (sft_data.recall_drills): copying with no other cue. They did not
+    # keep the demo's stalling paths from stalling (BENCHMARKS.md, "Recall drills")
     recall_drills: int = 0
     # > 0: train for this many minutes of wall-clock time instead of a step count; warmup and cosine run over the
     # time budget and training stops when it is spent (or earlier, when epochs / max_steps are done)
