@@ -349,7 +349,7 @@ def run_sft(cfg: sft.SFTConfig, data: Path, tokenizer: Path) -> Path:
     """Train unless a finished run with the same settings and inputs exists; returns the exported model."""
     run_dir = Path(cfg.run_dir)
     final = run_dir / "final"
-    settings = {"config": run_config.non_defaults(cfg), "data": (data / ".stamp").read_text(),
+    settings = {"config": run_config.to_dict(cfg), "data": (data / ".stamp").read_text(),
                 "tokenizer": (tokenizer / ".stamp").read_text()}
     if (final / "config.json").is_file() and _done(run_dir, settings):
         log(f"SFT: reusing the finished run {run_dir}")
@@ -471,7 +471,7 @@ def run_curriculum(cfg, world: Path, counts: dict[str, int], pool: WorkerPool | 
     directory = Path(cfg.out_dir)
     sample = sample_per_type(world / "train_questions.jsonl", counts, seed=1)
     how = ("threads", "rollout_processes")  # how the rollouts ran, not what they are: a finished filter is reused
-    settings = {"config": {k: v for k, v in run_config.non_defaults(cfg).items() if k not in how},
+    settings = {"config": {k: v for k, v in run_config.to_dict(cfg).items() if k not in how},
                 "model": _read_stamp(Path(cfg.model).parent), "questions": [q.id for q in sample]}
     if _done(directory, settings) and (directory / "kept.jsonl").is_file():
         log(f"filter: reusing {directory}")
@@ -539,8 +539,7 @@ def run_rl(cfg, inputs: dict) -> Path | None:
 
     run_dir = Path(cfg.run_dir)
     final = run_dir / "final"
-    settings = {"config": {k: v for k, v in run_config.non_defaults(cfg).items() if k != "stop_after_steps"},
-                **inputs}
+    settings = {"config": {k: v for k, v in run_config.to_dict(cfg).items() if k != "stop_after_steps"}, **inputs}
     total = rl_total_steps(cfg)
     if (final / "config.json").is_file() and _done(run_dir, settings):
         log(f"RL: reusing the finished run {run_dir}")

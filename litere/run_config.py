@@ -217,23 +217,6 @@ def to_dict(config) -> dict:
     return dataclasses.asdict(config)
 
 
-def non_defaults(config) -> dict:
-    """The settings of `config` (as to_dict gives them) whose values differ from their class's defaults: what tells
-    two runs apart, unchanged when a later version adds a setting at its default."""
-    values, changed = to_dict(config), {}
-    for f in dataclasses.fields(config):
-        if f.default is not dataclasses.MISSING:
-            default = f.default
-        elif f.default_factory is not dataclasses.MISSING:
-            default = f.default_factory()
-        else:
-            changed[f.name] = values[f.name]
-            continue
-        if values[f.name] != (dataclasses.asdict(default) if dataclasses.is_dataclass(default) else default):
-            changed[f.name] = values[f.name]
-    return changed
-
-
 def dump_toml(values: dict) -> str:
     """TOML text of a dict of scalars, lists of scalars and one level of tables; None values are left out."""
     lines, tables = [], []

@@ -1,4 +1,3 @@
-import dataclasses
 import subprocess
 import sys
 
@@ -7,19 +6,6 @@ import pytest
 from litere import run_config
 from litere.train.sft import SFTConfig
 from sft_helpers import REPO
-
-
-def test_non_defaults_names_the_changed_settings_and_ignores_a_setting_added_at_its_default():
-    overrides = ["lr=3e-5", "train_files=[\"a.jsonl\"]", "arch.num_hidden_layers=2", "recall_drills=0"]
-    changed = {"lr": 3e-5, "train_files": ["a.jsonl"], "arch": {"num_hidden_layers": 2}}
-    assert run_config.non_defaults(run_config.load(SFTConfig, None, overrides)) == changed
-
-    @dataclasses.dataclass
-    class Later(SFTConfig):
-        a_setting_added_later: float = 0.5
-    assert run_config.non_defaults(run_config.load(Later, None, overrides)) == changed
-    assert run_config.non_defaults(run_config.load(Later, None, [*overrides, "a_setting_added_later=1.0"])) == {
-        **changed, "a_setting_added_later": 1.0}
 
 
 def test_overrides_are_toml_literals_or_strings(tmp_path):
