@@ -14,6 +14,8 @@ variant (the directory of the first is reused by the others through symbolic lin
     python benchmarks/demo_variants.py --whole-names --out runs/variants-whole-names   # the demo's --whole-names
     python benchmarks/demo_variants.py --out runs/variants-kv4 'arch={num_key_value_heads=4}' --only seed2
                                                              # SFT overrides (before --only), for every variant
+    python benchmarks/demo_variants.py --out runs/v-r3 --continue-from runs/variants --only seed7
+                                                             # seed 7's run, continued under today's settings
 
 Each variant writes OUT/<name>/report.json (the demo's report); the table gives held-out direct / 2-hop accuracy,
 training-question accuracy, the steps where the lr began to decay (two after a rewarm), steps, tokens, training
@@ -27,6 +29,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -58,14 +61,40 @@ VARIANTS = {
     "avx2-seed2": (2, 1, True),
     "seed10": (10, 1, False),
     "avx2-seed3": (3, 1, True),
+    "seed11": (11, 1, False),
+    "avx2-seed4": (4, 1, True),
+    "seed12": (12, 1, False),
+    "avx2-seed5": (5, 1, True),
+    "seed13": (13, 1, False),
 }
 SHARED = ("world", "data", "tokenizer")
 
 
-def run_variant(name: str, out: Path, first: Path | None, demo_flags: list[str], sft_overrides: list[str]) -> dict:
+def continue_from(name: str, directory: Path, source: Path, demo_flags: list[str], overrides: list[str]):
+    """DIRECTORY set up to continue SOURCE/<name>'s SFT run under the current settings: its world, data and tokenizer
+    linked, its SFT directory copied (checkpoints, metrics, log) and adopted by the demo, which then resumes it from
+    its last checkpoint. Sound only where the earlier settings decided nothing differently up to that checkpoint."""
+    from litere import demo
+    earlier = source / name
+    if not (earlier / "sft" / "checkpoints").is_dir():
+        raise SystemExit(f"--continue-from: {earlier}/sft/checkpoints does not exist")
+    directory.mkdir(parents=True, exist_ok=True)
+    for stage in SHARED:
+        if not (directory / stage).exists():
+            (directory / stage).symlink_to((earlier / stage).resolve(), target_is_directory=True)
+    if not (directory / "sft").exists():
+        shutil.copytree(earlier / "sft", directory / "sft", symlinks=True)
+    profile = "quick" if "--quick" in demo_flags else "short" if "--short" in demo_flags else "full"
+    demo.adopt_sft_run(directory, demo.PROFILES[profile], overrides)
+
+
+def run_variant(name: str, out: Path, first: Path | None, demo_flags: list[str], sft_overrides: list[str],
+                source: Path | None = None) -> dict:
     seed, threads, avx2 = VARIANTS[name]
     overrides, env = [*sft_overrides, f"seed={seed}"], AVX2 if avx2 else {}
     directory = out / name
+    if source is not None:
+        continue_from(name, directory, source, demo_flags, [*overrides, f"threads={threads}"])
     directory.mkdir(parents=True, exist_ok=True)
     if first is not None and first != directory:
         for stage in SHARED:
@@ -158,6 +187,9 @@ def main(argv=None) -> int:
     parser.add_argument("--only", nargs="+", choices=sorted(VARIANTS), help="these variants (default: all)")
     parser.add_argument("--table", action="store_true", help="only print the table of the finished variants")
     parser.add_argument("--whole-names", action="store_true", help="the demo's --whole-names tokenizer")
+    parser.add_argument("--continue-from", metavar="DIR",
+                        help="continue each variant's SFT run in DIR (e.g. runs/variants) from its last checkpoint "
+                             "under the current settings, in a copy under --out")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="SFT config overrides for every variant (as python -m litere.demo), before --only; "
                              "use a fresh --out")
@@ -167,7 +199,8 @@ def main(argv=None) -> int:
     if not args.table:
         first = next((out / n for n in VARIANTS if (out / n / "world" / ".stamp").is_file()), None)
         for name in names:
-            run_variant(name, out, first, ["--whole-names"] if args.whole_names else [], args.overrides)
+            run_variant(name, out, first, ["--whole-names"] if args.whole_names else [], args.overrides,
+                        source=Path(args.continue_from).resolve() if args.continue_from else None)
             first = first or out / name
     rows = [row(n, json.loads((out / n / "report.json").read_text()), out) for n in VARIANTS
             if n in names and (out / n / "report.json").is_file()]

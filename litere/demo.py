@@ -345,12 +345,29 @@ def sft_config(out: Path, profile: Profile, extra: list[str]) -> sft.SFTConfig:
     return cfg
 
 
+def _sft_settings(cfg: sft.SFTConfig, data: Path, tokenizer: Path) -> dict:
+    return {"config": run_config.to_dict(cfg), "data": (data / ".stamp").read_text(),
+            "tokenizer": (tokenizer / ".stamp").read_text()}
+
+
+def adopt_sft_run(out: Path, profile: Profile, extra: list[str]) -> Path:
+    """Marks OUT's SFT directory, a copy of another run's (its checkpoints, metrics and log), as this demo's SFT stage
+    started with the profile's settings and `extra`, so that the next `python -m litere.demo --out OUT` resumes it
+    from its last checkpoint instead of setting it aside. Sound only where the copied run's settings decided nothing
+    differently from these up to that checkpoint (e.g. a rewarm threshold that first matters at a later decay)."""
+    cfg = sft_config(out, profile, extra)
+    run_dir = Path(cfg.run_dir)
+    if not (run_dir / "checkpoints").is_dir():
+        raise FileNotFoundError(f"{run_dir}/checkpoints: no checkpoint to resume from (copy a run's SFT directory there)")
+    _mark_done(run_dir, {**_sft_settings(cfg, out / "data", out / "tokenizer"), "state": "started"})
+    return run_dir
+
+
 def run_sft(cfg: sft.SFTConfig, data: Path, tokenizer: Path) -> Path:
     """Train unless a finished run with the same settings and inputs exists; returns the exported model."""
     run_dir = Path(cfg.run_dir)
     final = run_dir / "final"
-    settings = {"config": run_config.to_dict(cfg), "data": (data / ".stamp").read_text(),
-                "tokenizer": (tokenizer / ".stamp").read_text()}
+    settings = _sft_settings(cfg, data, tokenizer)
     if (final / "config.json").is_file() and _done(run_dir, settings):
         log(f"SFT: reusing the finished run {run_dir}")
         return final

@@ -13,6 +13,7 @@ from litere import demo
 from litere.agent import WorkerPool, read_trajectories
 from litere.rl import loop
 from litere.tokenizer import Tokenizer
+from litere.train import sft
 
 FAST = ["max_steps=3", "global_batch=2048", "pack_tokens=2048", "arch.num_hidden_layers=1",
         "arch.hidden_size=64", "arch.intermediate_size=128", "arch.head_dim=16", "threads=1"]
@@ -237,6 +238,27 @@ def test_changed_settings_redo_only_the_stages_they_touch(first_run, capsys):
     assert "RL: reusing" not in log and "eval after RL (held_out): 2 questions" in log
     report = json.loads((first_run / "report.json").read_text())
     assert report["training"]["steps"] == 2
+
+
+def test_a_copied_sft_run_adopted_under_new_settings_resumes_from_its_checkpoint(first_run, tmp_path, capsys):
+    out = tmp_path / "continued"
+    out.mkdir()
+    for stage in ("world", "data", "tokenizer"):
+        (out / stage).symlink_to(first_run / stage, target_is_directory=True)
+    with pytest.raises(FileNotFoundError, match="sft/checkpoints"):
+        demo.adopt_sft_run(out, demo.PROFILES["quick"], FAST)
+    settings = [*FAST, "max_steps=4", "checkpoint_every=1"]
+    earlier = demo.sft_config(out, demo.PROFILES["quick"], [*settings, "stop_after_steps=2"])
+    sft.train(earlier)  # another run's directory, stopped after its step-2 checkpoint
+
+    demo.adopt_sft_run(out, demo.PROFILES["quick"], settings)
+    log = run_demo(out, capsys, *SIZES, *settings, "--skip-rl")
+    assert "starting it again" not in log and not list(out.glob("sft.replaced-*"))
+    train_log = (out / "sft" / "train.log").read_text()
+    assert "resumed from" in train_log and "at step 2" in train_log
+    steps = [json.loads(line)["step"] for line in (out / "sft" / "metrics.jsonl").read_text().splitlines()]
+    assert [s for s in steps if s > 0] == [1, 2, 3, 4]
+    assert json.loads((out / "report.json").read_text())["training"]["steps"] == 4
 
 
 def test_whole_names_is_a_tokenizer_stage_of_its_own(first_run, tmp_path, capsys):
