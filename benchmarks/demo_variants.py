@@ -71,17 +71,14 @@ SHARED = ("world", "data", "tokenizer")
 
 
 def continue_from(name: str, directory: Path, source: Path, demo_flags: list[str], overrides: list[str]):
-    """DIRECTORY set up to continue SOURCE/<name>'s SFT run under the current settings: its world, data and tokenizer
-    linked, its SFT directory copied (checkpoints, metrics, log) and adopted by the demo, which then resumes it from
-    its last checkpoint. Sound only where the earlier settings decided nothing differently up to that checkpoint."""
+    """DIRECTORY (its world, data and tokenizer linked to SOURCE/<name>'s) set up to continue SOURCE/<name>'s SFT run
+    under the current settings: its SFT directory copied (checkpoints, metrics, log) and adopted by the demo, which
+    then resumes it from its last checkpoint. Sound only where the earlier settings decided nothing differently up to
+    that checkpoint."""
     from litere import demo
     earlier = source / name
     if not (earlier / "sft" / "checkpoints").is_dir():
         raise SystemExit(f"--continue-from: {earlier}/sft/checkpoints does not exist")
-    directory.mkdir(parents=True, exist_ok=True)
-    for stage in SHARED:
-        if not (directory / stage).exists():
-            (directory / stage).symlink_to((earlier / stage).resolve(), target_is_directory=True)
     if not (directory / "sft").exists():
         shutil.copytree(earlier / "sft", directory / "sft", symlinks=True)
     profile = "quick" if "--quick" in demo_flags else "short" if "--short" in demo_flags else "full"
@@ -93,14 +90,15 @@ def run_variant(name: str, out: Path, first: Path | None, demo_flags: list[str],
     seed, threads, avx2 = VARIANTS[name]
     overrides, env = [*sft_overrides, f"seed={seed}"], AVX2 if avx2 else {}
     directory = out / name
-    if source is not None:
-        continue_from(name, directory, source, demo_flags, [*overrides, f"threads={threads}"])
+    shared_from = source / name if source is not None else first  # a continued run keeps its own world and data
     directory.mkdir(parents=True, exist_ok=True)
-    if first is not None and first != directory:
+    if shared_from is not None and shared_from != directory:
         for stage in SHARED:
             link = directory / stage
             if not link.exists():
-                link.symlink_to((first / stage).resolve(), target_is_directory=True)
+                link.symlink_to((shared_from / stage).resolve(), target_is_directory=True)
+    if source is not None:
+        continue_from(name, directory, source, demo_flags, [*overrides, f"threads={threads}"])
     command = [sys.executable, "-m", "litere.demo", "--skip-rl", *demo_flags, "--out", str(directory),
                "--threads", str(threads), *overrides]
     print(f"[variants] {name}: {' '.join(f'{k}={v}' for k, v in env.items())} {' '.join(command)}", flush=True)
