@@ -66,6 +66,11 @@ VARIANTS = {
     "seed12": (12, 1, False),
     "avx2-seed5": (5, 1, True),
     "seed13": (13, 1, False),
+    "seed14": (14, 1, False),
+    "avx2-seed6": (6, 1, True),
+    "seed15": (15, 1, False),
+    "avx2-seed7": (7, 1, True),
+    "seed16": (16, 1, False),
 }
 SHARED = ("world", "data", "tokenizer")
 

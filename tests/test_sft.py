@@ -142,6 +142,14 @@ def test_a_rewarm_ramps_back_to_the_peak_and_decays_again():
     assert schedule.end_step == 26
 
 
+def test_a_rewarm_to_a_lower_peak_ramps_and_decays_from_it():
+    schedule = sft.WarmupHoldDecay(total_steps=20, warmup_steps=2, decay_steps=4, min_ratio=0.1, rewarm_peak=0.5)
+    assert schedule(10) == 1.0 and schedule(20) == pytest.approx(0.1)  # the first cycle keeps the full peak
+    schedule.rewarm(20)
+    assert [schedule(s) for s in (20, 21, 22)] == [pytest.approx(0.3), 0.5, 0.5]
+    assert schedule(24) == pytest.approx(0.3) and schedule(26) == pytest.approx(0.1)
+
+
 def test_copy_targets_are_pairs_seen_earlier_in_the_conversation_and_never_in_training():
     from litere.train.sft_data import MicroBatch
     ids = torch.tensor([5, 7, 8, 5, 7, 8, 5, 7, 8, 9])  # two conversations: [5 7 8 5 7 8] and [5 7 8 9]

@@ -130,13 +130,16 @@ class WarmupHoldDecay:
     """LR multiplier: linear warmup, the peak held, then cosine to min_ratio over the last `decay_steps`
     (warmup-stable-decay). `start_decay(step)` moves the decay earlier, to start after `step` (the trainer calls it
     when a held-out probe says the model is ready); without it the decay starts at total_steps - decay_steps.
-    `rewarm(step)` at the end of a decay begins another cycle: back up to the peak over the warmup's length, then
-    the same decay again (the trainer calls it when a held-out probe says the model has not learnt what it should).
+    `rewarm(step)` at the end of a decay begins another cycle: back up to `rewarm_peak` times the peak over the
+    warmup's length, then the same decay from there (the trainer calls it when a held-out probe says the model has
+    not learnt what it should).
     The run ends where the last decay does (`end_step`). The decisions are this object's state, which the
     scheduler's state_dict (and so a checkpoint) keeps."""
 
-    def __init__(self, total_steps: int, warmup_steps: int, decay_steps: int, min_ratio: float):
+    def __init__(self, total_steps: int, warmup_steps: int, decay_steps: int, min_ratio: float,
+                 rewarm_peak: float = 1.0):
         self.warmup_steps, self.decay_steps, self.min_ratio = warmup_steps, decay_steps, min_ratio
+        self.rewarm_peak = rewarm_peak
         self.decay_start = max(warmup_steps, total_steps - decay_steps)
         self.decay_triggered_at = None
         self.rewarm_starts: list[int] = []
@@ -158,11 +161,12 @@ class WarmupHoldDecay:
     def __call__(self, step: int) -> float:
         if step < self.warmup_steps:
             return (step + 1) / self.warmup_steps
+        peak = self.rewarm_peak if self.rewarm_starts else 1.0
         if self.rewarm_starts and step < self.decay_start:
             ramp = (step - self.rewarm_starts[-1] + 1) / (self.decay_start - self.rewarm_starts[-1])
-            return self.min_ratio + (1 - self.min_ratio) * ramp
+            return self.min_ratio + (peak - self.min_ratio) * ramp
         progress = min(1.0, max(0, step - self.decay_start) / max(1, self.decay_steps))
-        return self.min_ratio + (1 - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+        return self.min_ratio + (peak - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 class TimedWarmupCosine:

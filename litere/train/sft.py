@@ -94,6 +94,8 @@ class SFTConfig(TrainerConfig):
     rewarm_when_held_out_above: float = 0.0
     rewarm_probe: str = "eval_number_loss"
     max_rewarms: int = 1
+    # a rewarm's lr climbs to this fraction of `lr` (1: the peak again) and decays from there
+    rewarm_peak_ratio: float = 1.0
     # with decay_steps: also export the model as it is when the decay starts, to run_dir/pre_decay (a branch point
     # for other continuations, e.g. reinforcement learning from a model that has not been annealed)
     export_before_decay: bool = False
@@ -107,7 +109,7 @@ class SFTConfig(TrainerConfig):
                              "think_layout": ("normalize", "reject"), "batch_unit": ("sequences", "tokens"),
                              "decay_probe": PROBES, "rewarm_probe": PROBES, "eval_pick": ("first", "spread")}.items():
             check_choice(self, key, allowed)
-        check_positive(self, "cutoff_len", "pack_tokens", "global_batch", "epochs")
+        check_positive(self, "cutoff_len", "pack_tokens", "global_batch", "epochs", "rewarm_peak_ratio")
         check_non_negative(self, "max_steps", "eval_every", "eval_limit", "decay_steps",
                            "decay_when_held_out_below", "rewarm_when_held_out_above", "max_rewarms")
         if self.rewarm_when_held_out_above > 0:
@@ -161,7 +163,8 @@ def lr_schedule(cfg: SFTConfig, total_steps: int):
         return TimedWarmupCosine(cfg.budget_minutes * 60, cfg.warmup_ratio, cfg.min_lr_ratio)
     warmup = math.ceil(cfg.warmup_ratio * total_steps)
     if cfg.decay_steps > 0:
-        return WarmupHoldDecay(total_steps, warmup, min(cfg.decay_steps, total_steps - warmup), cfg.min_lr_ratio)
+        return WarmupHoldDecay(total_steps, warmup, min(cfg.decay_steps, total_steps - warmup), cfg.min_lr_ratio,
+                               cfg.rewarm_peak_ratio)
     return WarmupCosine(total_steps, warmup, cfg.min_lr_ratio)
 
 
@@ -439,7 +442,7 @@ def _train(cfg: SFTConfig, env: DistEnv) -> Path:
                     group["lr"] = base_lr * schedule(step)  # the next step is the ramp's first, not the decay's last
                 log.info(f"step {step}: the decay has ended with the held-out {cfg.rewarm_probe} at "
                          f"{record[cfg.rewarm_probe]:.4f}, above {cfg.rewarm_when_held_out_above:g}; the lr goes back "
-                         f"up to the peak and decays again (rewarm {len(schedule.rewarm_starts)} of "
+                         f"up to {_rewarm_height(cfg)} and decays again (rewarm {len(schedule.rewarm_starts)} of "
                          f"{cfg.max_rewarms}), the run ends at step {stop_step()}")
         if isinstance(schedule, WarmupHoldDecay):
             record["decay_start"] = schedule.decay_start
@@ -464,6 +467,10 @@ def _train(cfg: SFTConfig, env: DistEnv) -> Path:
         export(cfg, model, mcfg, run_dir, tokenizer, tokenizer_dir, env, log)
     return run_dir
 
+
+
+def _rewarm_height(cfg: SFTConfig) -> str:
+    return "the peak" if cfg.rewarm_peak_ratio == 1 else f"{cfg.rewarm_peak_ratio:g} × the peak"
 
 
 def _needs_rewarm(cfg: SFTConfig, schedule, step: int, probe: float | None) -> bool:
