@@ -272,6 +272,16 @@ def test_a_run_stopped_where_its_decay_ends_continues_into_the_rewarm(data_dir, 
         assert continued[step] == pytest.approx(reference[step], abs=1e-6)
 
 
+def test_a_run_continued_with_a_lower_rewarm_peak_rewarms_to_it(data_dir, tmp_path, monkeypatch):
+    numbers, rewarm = {7: 2.0}, dict(rewarm_when_held_out_above=1.0)
+    run_dir = tmp_path / "stopped"
+    run_with_copy_losses(data_dir, run_dir, monkeypatch, {4: 0.3}, numbers, stop_after_steps=7, **rewarm)
+    # the stopped run took the rewarm at step 7 at the full peak; its continuation climbs to this config's height
+    run_with_copy_losses(data_dir, run_dir, monkeypatch, {}, {}, rewarm_peak_ratio=0.5, **rewarm)
+    lr = {r["step"]: r["lr"] for r in metrics(run_dir) if "lr" in r}
+    assert max(lr[s] for s in range(8, 13)) == pytest.approx(0.5 * max(lr[s] for s in range(1, 8)))
+
+
 def test_a_rewarm_needs_a_decay_and_a_held_out_set(data_dir, tmp_path):
     with pytest.raises(run_config.RunConfigError, match="needs decay_steps, eval_files"):
         run(data_dir, tmp_path / "run", max_steps=10, rewarm_when_held_out_above=0.5)

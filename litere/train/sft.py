@@ -372,6 +372,8 @@ def _train(cfg: SFTConfig, env: DistEnv) -> Path:
     if clock:  # a resumed schedule keeps its elapsed time but takes this config's budget
         clock.budget_s, clock.warmup_ratio, clock.min_ratio = cfg.budget_minutes * 60, cfg.warmup_ratio, cfg.min_lr_ratio
     schedule = scheduler.lr_lambdas[0]
+    if isinstance(schedule, WarmupHoldDecay):  # a resumed schedule keeps its decisions but takes this config's height
+        schedule.rewarm_peak = cfg.rewarm_peak_ratio
 
     def stop_step() -> int:
         end = schedule.end_step if isinstance(schedule, WarmupHoldDecay) else total_steps
