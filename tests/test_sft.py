@@ -244,6 +244,49 @@ def test_a_decay_that_ends_before_numbers_are_learnt_is_run_again(data_dir, tmp_
     assert list(learnt) == [1, 2, 3, 4, 5, 6, 7] and learnt == plain  # below the threshold: the run is unchanged
 
 
+def test_a_decay_that_ends_with_a_weak_second_hop_is_run_again(data_dir, tmp_path, monkeypatch):
+    """The second-hop rule scores every held-out conversation of SECOND_HOP's turns (here the test data's four),
+    not only the eval_limit probe's, where a decay ends; above its threshold it rewarms as the number rule does."""
+    monkeypatch.setattr(sft, "SECOND_HOP", (4, 2))
+    real, scored = sft.held_out_loss, []
+
+    def second_hop_at_3(model, held_out, env, autocast_dtype):
+        result = real(model, held_out, env, autocast_dtype)
+        scored.append((len(held_out.planner.dataset), result["eval_second_hop_loss"]))
+        return {**result, "eval_second_hop_loss": 3.0 if held_out.all_second_hops is None else result[
+            "eval_second_hop_loss"]}
+
+    monkeypatch.setattr(sft, "held_out_loss", second_hop_at_3)
+    rules = dict(rewarm_when_held_out_above=1.0, rewarm_second_hop_above=2.5, eval_limit=2)
+    by_step = run_with_copy_losses(data_dir, tmp_path / "run", monkeypatch, {4: 0.3}, {7: 0.5, 12: 0.5}, **rules)
+    assert list(by_step) == list(range(1, 13))  # a rewarm at step 7 on the second hop alone (numbers at 0.5 < 1)
+    records = metrics(tmp_path / "run")
+    assert records[6]["decay_end_second_hop_loss"] == 3.0 and "decay_end_second_hop_loss" not in records[5]
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "the decay has ended with the second-hop turn at 3.0000, above 2.5; the lr goes back" in log
+    held, _ = load_sft_dataset([data_dir / "eval.jsonl"], Tokenizer.from_dir(data_dir / "tok"), cutoff_len=512)
+    four_turns = sum(sft._assistant_turn_count(held, i) == 4 for i in range(len(held)))
+    assert 0 < four_turns and f"the {four_turns} held-out conversations of 4 turns" in log
+    assert {size for size, _ in scored} == {2, four_turns}  # the eval_limit probe and the full second-hop set
+    assert all(loss is not None for size, loss in scored if size == four_turns)
+    monkeypatch.setattr(sft, "held_out_loss", real)
+    low = run_with_copy_losses(data_dir, tmp_path / "low", monkeypatch, {4: 0.3}, {7: 0.5},
+                               **{**rules, "rewarm_second_hop_above": 1e6})
+    plain = run_with_copy_losses(data_dir, tmp_path / "plain", monkeypatch, {4: 0.3}, {7: 0.5}, eval_limit=2)
+    assert list(low) == [1, 2, 3, 4, 5, 6, 7] and low == plain  # under both thresholds: the run is unchanged
+
+
+def test_a_rewarm_on_the_second_hop_needs_conversations_it_can_score(data_dir, tmp_path):
+    """The test data has no conversation of five assistant turns (SECOND_HOP's)."""
+    with pytest.raises(run_config.RunConfigError, match="rewarm_second_hop_above=2.5: none of the 8 held-out "
+                                                        "conversations .* has 5 assistant turns"):
+        run(data_dir, tmp_path / "run", max_steps=10, decay_steps=4, eval_files=[str(data_dir / "eval.jsonl")],
+            rewarm_second_hop_above=2.5)
+    with pytest.raises(run_config.RunConfigError, match="rewarm_second_hop_above=2.5 needs decay_steps"):
+        run(data_dir, tmp_path / "run", max_steps=10, eval_files=[str(data_dir / "eval.jsonl")],
+            rewarm_second_hop_above=2.5)
+
+
 def test_a_run_resumed_inside_a_rewarm_equals_an_uninterrupted_one(data_dir, tmp_path, monkeypatch):
     numbers, rewarm = {7: 2.0}, dict(rewarm_when_held_out_above=1.0)
     reference = run_with_copy_losses(data_dir, tmp_path / "reference", monkeypatch, {4: 0.3}, numbers, **rewarm)

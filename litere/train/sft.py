@@ -31,6 +31,8 @@ from .sft_data import BatchPlanner, DataPosition, MicroBatch, load_sft_dataset, 
 
 # held-out losses a schedule can act on
 PROBES = ("eval_loss", "eval_copy_loss", "eval_number_loss", "eval_second_hop_loss")
+# eval_second_hop_loss: (assistant turns of a conversation, the turn scored), see HeldOut
+SECOND_HOP = (5, 2)
 
 
 @dataclass
@@ -93,6 +95,10 @@ class SFTConfig(TrainerConfig):
     # `max_rewarms` times: a run whose decay came too early for it gets another one instead of ending half-trained
     rewarm_when_held_out_above: float = 0.0
     rewarm_probe: str = "eval_number_loss"
+    # > 0 (with decay_steps, eval_files): a decay that ends with the second-hop turn (eval_second_hop_loss over every
+    # held-out conversation of that many turns, whatever eval_limit picks) above this many nats rewarms too, within
+    # max_rewarms: the turn that asks a 2-hop question's second hop, which no loss over all targets sees
+    rewarm_second_hop_above: float = 0.0
     max_rewarms: int = 1
     # a rewarm's lr climbs to this fraction of `lr` (1: the peak again) and decays from there
     rewarm_peak_ratio: float = 1.0
@@ -111,15 +117,15 @@ class SFTConfig(TrainerConfig):
             check_choice(self, key, allowed)
         check_positive(self, "cutoff_len", "pack_tokens", "global_batch", "epochs", "rewarm_peak_ratio")
         check_non_negative(self, "max_steps", "eval_every", "eval_limit", "decay_steps",
-                           "decay_when_held_out_below", "rewarm_when_held_out_above", "max_rewarms")
-        if self.rewarm_when_held_out_above > 0:
+                           "decay_when_held_out_below", "rewarm_when_held_out_above", "rewarm_second_hop_above",
+                           "max_rewarms")
+        for key in ("rewarm_when_held_out_above", "rewarm_second_hop_above"):
             missing = [k for k, ok in (("decay_steps", self.decay_steps > 0), ("eval_files", bool(self.eval_files)),
                                        ("max_rewarms", self.max_rewarms > 0)) if not ok]
-            if missing:
+            if getattr(self, key) > 0 and missing:
                 raise run_config.RunConfigError(
-                    f"rewarm_when_held_out_above={self.rewarm_when_held_out_above} needs {', '.join(missing)} "
-                    "(the decay to repeat, the held-out probe that decides it, and at least one rewarm)",
-                    key="rewarm_when_held_out_above")
+                    f"{key}={getattr(self, key)} needs {', '.join(missing)} "
+                    "(the decay to repeat, the held-out probe that decides it, and at least one rewarm)", key=key)
         if self.decay_when_held_out_below > 0:
             missing = [k for k, ok in (("decay_steps", self.decay_steps > 0), ("eval_files", bool(self.eval_files)),
                                        ("eval_every", self.eval_every > 0), ("max_steps", self.max_steps > 0)) if not ok]
@@ -289,11 +295,13 @@ class HeldOut:
     """The evaluation set as one planned step, the token pairs of the training data (for the copy split) and the
     flags of the digit tokens (for the number split). `second_hop`: (assistant turns of a conversation, the turn
     scored) for eval_second_hop_loss; by default the third of five, the turn of a 2-hop teacher conversation (search,
-    visit, search, visit, answer) that asks the second hop's question."""
+    visit, search, visit, answer) that asks the second hop's question. `all_second_hops`: every held-out conversation
+    of that many turns, whatever eval_limit picks (the probe of rewarm_second_hop_above)."""
     planner: BatchPlanner
     known_pairs: np.ndarray
     numbers: np.ndarray
-    second_hop: tuple[int, int] = (5, 2)
+    second_hop: tuple[int, int] = SECOND_HOP
+    all_second_hops: HeldOut | None = None
 
 
 def held_out_loss(model, held_out: HeldOut, env: DistEnv, autocast_dtype: torch.dtype | None) -> dict:
@@ -438,12 +446,16 @@ def _train(cfg: SFTConfig, env: DistEnv) -> Path:
                 if schedule.decay_triggered_at is not None:
                     log.info(f"step {step}: the held-out {cfg.decay_probe} is below {cfg.decay_when_held_out_below:g}; "
                              f"the lr decays from here, the run ends at step {stop_step()}")
-            if _needs_rewarm(cfg, schedule, step, record[cfg.rewarm_probe]):
+            if _rewarm_left(cfg, schedule, step) and held_out.all_second_hops is not None:
+                all_hops = held_out_loss(model, held_out.all_second_hops, env, autocast_dtype)["eval_second_hop_loss"]
+                record["decay_end_second_hop_loss"] = all_hops
+                log.info(f"step {step}: second-hop turn over all held-out 2-hop conversations {all_hops:.3f} nats")
+            reasons = _rewarm_reasons(cfg, schedule, step, record)
+            if reasons:
                 schedule.rewarm(step)
                 for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs):
                     group["lr"] = base_lr * schedule(step)  # the next step is the ramp's first, not the decay's last
-                log.info(f"step {step}: the decay has ended with the held-out {cfg.rewarm_probe} at "
-                         f"{record[cfg.rewarm_probe]:.4f}, above {cfg.rewarm_when_held_out_above:g}; the lr goes back "
+                log.info(f"step {step}: the decay has ended with {' and '.join(reasons)}; the lr goes back "
                          f"up to {_rewarm_height(cfg)} and decays again (rewarm {len(schedule.rewarm_starts)} of "
                          f"{cfg.max_rewarms}), the run ends at step {stop_step()}")
         if isinstance(schedule, WarmupHoldDecay):
@@ -475,11 +487,21 @@ def _rewarm_height(cfg: SFTConfig) -> str:
     return "the peak" if cfg.rewarm_peak_ratio == 1 else f"{cfg.rewarm_peak_ratio:g} × the peak"
 
 
-def _needs_rewarm(cfg: SFTConfig, schedule, step: int, probe: float | None) -> bool:
-    """The decay ends at this step with the rewarm probe above its threshold, and a rewarm is left."""
-    return (cfg.rewarm_when_held_out_above > 0 and isinstance(schedule, WarmupHoldDecay) and step == schedule.end_step
-            and len(schedule.rewarm_starts) < cfg.max_rewarms and probe is not None
-            and probe > cfg.rewarm_when_held_out_above)
+def _rewarm_left(cfg: SFTConfig, schedule, step: int) -> bool:
+    """A decay ends at this step, a rewarm rule is on and a rewarm is left."""
+    return ((cfg.rewarm_when_held_out_above > 0 or cfg.rewarm_second_hop_above > 0)
+            and isinstance(schedule, WarmupHoldDecay) and step == schedule.end_step
+            and len(schedule.rewarm_starts) < cfg.max_rewarms)
+
+
+def _rewarm_reasons(cfg: SFTConfig, schedule, step: int, record: dict) -> list[str]:
+    """The rewarm rules that this step's held-out record breaks where a decay ends, in words (none: no rewarm)."""
+    if not _rewarm_left(cfg, schedule, step):
+        return []
+    rules = [(f"held-out {cfg.rewarm_probe}", record[cfg.rewarm_probe], cfg.rewarm_when_held_out_above),
+             ("second-hop turn", record.get("decay_end_second_hop_loss"), cfg.rewarm_second_hop_above)]
+    return [f"the {name} at {value:.4f}, above {limit:g}" for name, value, limit in rules
+            if limit > 0 and value is not None and value > limit]
 
 
 def _load_data(cfg: SFTConfig, tokenizer: Tokenizer, log: RunLog) -> tuple[BatchPlanner, HeldOut | None]:
@@ -499,15 +521,35 @@ def _load_data(cfg: SFTConfig, tokenizer: Tokenizer, log: RunLog) -> tuple[Batch
                            seed=cfg.seed)
     if not cfg.eval_files:
         return planner, None
-    eval_set, eval_stats = load_sft_dataset(cfg.eval_files, tokenizer, **settings)
+    full_set, eval_stats = load_sft_dataset(cfg.eval_files, tokenizer, **settings)
+    eval_set = full_set
     if cfg.eval_limit and cfg.eval_limit < len(eval_set):
         eval_set = eval_set.subset(eval_indices(len(eval_set), cfg.eval_limit, cfg.eval_pick))
     used = {"first": "the first", "spread": "evenly spaced,"}[cfg.eval_pick]
     log.info(f"eval data: {eval_stats.summary()}" + (f"; {used} {len(eval_set)} are used" if cfg.eval_limit else ""))
+    numbers = number_tokens(tokenizer)
     held_out = HeldOut(BatchPlanner(eval_set, global_batch=len(eval_set), unit="sequences", pack_tokens=cfg.pack_tokens,
-                                    seed=cfg.seed), known, number_tokens(tokenizer))
-    _check_second_hop_probe(cfg, eval_set, held_out.second_hop[0])
+                                    seed=cfg.seed), known, numbers, SECOND_HOP)
+    turns = SECOND_HOP[0]
+    _check_second_hop_probe(cfg, eval_set, turns)
+    if cfg.rewarm_second_hop_above > 0:
+        hops = [i for i in range(len(full_set)) if _assistant_turn_count(full_set, i) == turns]
+        if not hops:
+            raise run_config.RunConfigError(
+                f"rewarm_second_hop_above={cfg.rewarm_second_hop_above}: none of the {len(full_set)} held-out "
+                f"conversations (eval_files) has {turns} assistant turns, so the probe has nothing to score",
+                key="rewarm_second_hop_above")
+        hop_set = full_set.subset(np.array(hops))
+        held_out.all_second_hops = HeldOut(BatchPlanner(hop_set, global_batch=len(hop_set), unit="sequences",
+                                                        pack_tokens=cfg.pack_tokens, seed=cfg.seed),
+                                           known, numbers, SECOND_HOP)
+        log.info(f"second-hop probe where a decay ends: the {len(hop_set)} held-out conversations of {turns} turns")
     return planner, held_out
+
+
+def _assistant_turn_count(dataset, index: int) -> int:
+    targets = dataset.document(index)[1][1:]
+    return len(assistant_turns(np.nonzero(targets)[0], [len(targets)])[0])
 
 
 def _check_second_hop_probe(cfg: SFTConfig, eval_set, turns: int):
@@ -516,12 +558,8 @@ def _check_second_hop_probe(cfg: SFTConfig, eval_set, turns: int):
     acting = [key for key, probe, on in (("decay_probe", cfg.decay_probe, cfg.decay_when_held_out_below > 0),
                                          ("rewarm_probe", cfg.rewarm_probe, cfg.rewarm_when_held_out_above > 0))
               if on and probe == "eval_second_hop_loss"]
-    if not acting:
+    if not acting or any(_assistant_turn_count(eval_set, i) == turns for i in range(len(eval_set))):
         return
-    for i in range(len(eval_set)):
-        targets = eval_set.document(i)[1][1:]
-        if len(assistant_turns(np.nonzero(targets)[0], [len(targets)])[0]) == turns:
-            return
     raise run_config.RunConfigError(
         f"{acting[0]}=eval_second_hop_loss: none of the {len(eval_set)} held-out conversations used (eval_files, "
         f"eval_limit={cfg.eval_limit}, eval_pick={cfg.eval_pick!r}) has {turns} assistant turns, so the probe has "
