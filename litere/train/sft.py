@@ -446,11 +446,12 @@ def _train(cfg: SFTConfig, env: DistEnv) -> Path:
                 if schedule.decay_triggered_at is not None:
                     log.info(f"step {step}: the held-out {cfg.decay_probe} is below {cfg.decay_when_held_out_below:g}; "
                              f"the lr decays from here, the run ends at step {stop_step()}")
-            if _rewarm_left(cfg, schedule, step) and held_out.all_second_hops is not None:
+            rewarm_left = _rewarm_left(cfg, schedule, step)
+            if rewarm_left and held_out.all_second_hops is not None:
                 all_hops = held_out_loss(model, held_out.all_second_hops, env, autocast_dtype)["eval_second_hop_loss"]
                 record["decay_end_second_hop_loss"] = all_hops
                 log.info(f"step {step}: second-hop turn over all held-out 2-hop conversations {all_hops:.3f} nats")
-            reasons = _rewarm_reasons(cfg, schedule, step, record)
+            reasons = _rewarm_reasons(cfg, record) if rewarm_left else []
             if reasons:
                 schedule.rewarm(step)
                 for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs):
@@ -494,10 +495,8 @@ def _rewarm_left(cfg: SFTConfig, schedule, step: int) -> bool:
             and len(schedule.rewarm_starts) < cfg.max_rewarms)
 
 
-def _rewarm_reasons(cfg: SFTConfig, schedule, step: int, record: dict) -> list[str]:
-    """The rewarm rules that this step's held-out record breaks where a decay ends, in words (none: no rewarm)."""
-    if not _rewarm_left(cfg, schedule, step):
-        return []
+def _rewarm_reasons(cfg: SFTConfig, record: dict) -> list[str]:
+    """The rewarm rules that the held-out record of a decay's last step breaks, in words (none: no rewarm)."""
     rules = [(f"held-out {cfg.rewarm_probe}", record[cfg.rewarm_probe], cfg.rewarm_when_held_out_above),
              ("second-hop turn", record.get("decay_end_second_hop_loss"), cfg.rewarm_second_hop_above)]
     return [f"the {name} at {value:.4f}, above {limit:g}" for name, value, limit in rules
