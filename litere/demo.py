@@ -19,7 +19,8 @@ then reinforcement learning from rewards alone on harder questions than it was t
 6. filter     litere.rl.curriculum.run_filter, the code of `train.py --stage filter`, with RL's start model (the
               SFT export Profile.rl_start names: pre_decay, evaluated too, or final) and the rollout
               settings of configs/demo_rl.toml on a seeded sample of training questions (Profile.filter_questions per
-              type): K samples each, the questions with 1..K-1 correct go to DIR/filter/kept.jsonl
+              type): K samples each, the questions with 1..K-1 correct go to DIR/filter/kept.jsonl; a type with
+              fewer than Profile.filter_min_kept kept is sampled again (Profile.filter_rounds rounds at most)
 7. RL1        litere.rl.loop.train, the code of `train.py --stage rl1`, in this process: configs/demo_rl.toml from
               that model on the kept questions (an equal share of each type per step, balance_sources), with a
               greedy held-out probe of an equal number of each type every few steps; exports DIR/rl/final
@@ -96,11 +97,15 @@ class Profile:
     vocab_size: int = 800
     held_out_questions: int = 360   # of the evaluation world (a sample takes an equal number per type)
     training_questions: int = 120   # a sample of the training worlds' questions, an equal number per type
-    # the curriculum filter's sample of training questions, per type: enough that several times a step's 16
-    # questions have a correct sample in 8 (from pre_decay: 71 of these 256), so that RL draws no all-wrong groups
-    # and does not memorise a few questions (with 128 sampled, 34 passed and 2 of 3 RL seeds gained under 10 points:
-    # BENCHMARKS.md, "RL on top"); the final SFT model solved none of 36 3-hop questions x 8 samples
+    # the curriculum filter's sample of training questions, per type, and how many of each type it must keep: RL's
+    # 16 steps draw 8 of each type a step, 128 in all, and a type kept too few times over is memorised, not learnt
+    # (kept 2-hop questions each drawn 8.5 times: +3 points held out; 2.5-5.3 times: +9 to +21, BENCHMARKS.md).
+    # A type that kept fewer than `filter_min_kept` is sampled again, as many more of it, from questions no earlier
+    # round took, up to `filter_rounds` rounds in all: how many questions a model passes 1..7 times in 8 moves with the
+    # machine's float path ("RL on top"). The final SFT model solved none of 36 3-hop questions x 8.
     filter_questions: tuple = (("world-direct", 128), ("world-2hop", 128))
+    filter_min_kept: int = 48
+    filter_rounds: int = 4
     filter_overrides: tuple = ()
     rl_config: str = "configs/demo_rl.toml"
     rl_overrides: tuple = ()
@@ -134,7 +139,8 @@ PROFILES = {
                      held_out_questions=12, training_questions=6,
                      filter_questions=(("world-direct", 2), ("world-2hop", 2), ("world-3hop", 2)),
                      # a smoke run's model solves next to nothing: keep every question so that RL has some
-                     filter_overrides=("min_correct=0", "max_correct=1000"), rl_overrides=QUICK_RL,
+                     filter_overrides=("min_correct=0", "max_correct=1000"), filter_min_kept=0,
+                     rl_overrides=QUICK_RL,
                      # a smoke run's models loop until the context is full: a shorter one bounds its evaluations
                      # and one process: starting workers would take longer than its few rollouts
                      probe_questions=1, eval_context_tokens=1024, eval_compile="", rollout_processes=1),
@@ -223,12 +229,14 @@ def _type_rank(source: str):
     return (names.index(source), source) if source in names else (len(names), source)
 
 
-def sample_per_type(path: Path, counts: dict[str, int], seed: int) -> list[Question]:
-    """A seeded sample of `counts[data_source]` questions of each type (all of a type that has fewer)."""
+def sample_per_type(path: Path, counts: dict[str, int], seed: int, leave: set[str] = frozenset()) -> list[Question]:
+    """A seeded sample of `counts[data_source]` questions of each type (all of a type that has fewer), from the file's
+    questions whose ids are not in `leave`."""
     rng = random.Random(seed)
     by_type: dict[str, list[Question]] = {}
     for q in load_questions(path):
-        by_type.setdefault(q.data_source or "", []).append(q)
+        if q.id not in leave:
+            by_type.setdefault(q.data_source or "", []).append(q)
     chosen = []
     for source, n in counts.items():
         items = by_type.get(source, [])
@@ -479,28 +487,48 @@ def filter_config(out: Path, profile: Profile, model_dir: Path, extra: list[str]
                            [*paths, *overrides, *profile.filter_overrides, *workers], file_subset=True)
 
 
-def run_curriculum(cfg, world: Path, counts: dict[str, int], pool: WorkerPool | None = None) -> dict:
+def run_curriculum(cfg, world: Path, counts: dict[str, int], pool: WorkerPool | None = None, min_kept: int = 0,
+                   rounds: int = 1) -> dict:
     """The difficulty filter of `train.py --stage filter` (litere.rl.curriculum) on a seeded sample of training
-    questions, `counts` per type; resumed when interrupted, reused when finished. Returns its summary with the
-    sampled and kept counts per type. `pool`: the demo's rollout workers (run_filter)."""
+    questions, `counts` per type; while a type has fewer than `min_kept` kept questions, `counts` more of it (of
+    those no earlier round took), up to `rounds` rounds in all. Resumed when interrupted (a round's finished
+    questions are not rolled out again), reused when finished. Returns its summary with the sampled and kept counts
+    per type. `pool`: the demo's rollout workers (run_filter)."""
     from .rl.curriculum import read_passes, run_filter
 
     directory = Path(cfg.out_dir)
-    sample = sample_per_type(world / "train_questions.jsonl", counts, seed=1)
+    train_file = world / "train_questions.jsonl"
+    first = sample_per_type(train_file, counts, seed=1)
     how = ("threads", "rollout_processes")  # how the rollouts ran, not what they are: a finished filter is reused
     settings = {"config": {k: v for k, v in run_config.to_dict(cfg).items() if k not in how},
-                "model": _read_stamp(Path(cfg.model).parent), "questions": [q.id for q in sample]}
+                "model": _read_stamp(Path(cfg.model).parent), "questions": [q.id for q in first]}
+    if min_kept > 0 and rounds > 1:
+        settings["more"] = {"min_kept": min_kept, "rounds": rounds}
+    k = cfg.samples_per_prompt
     if _done(directory, settings) and (directory / "kept.jsonl").is_file():
         log(f"filter: reusing {directory}")
+        sample = load_questions(directory / "questions.jsonl")
     else:
         _open_stage(directory, settings, "filter")
-        write_questions(directory / "questions.jsonl", sample)
-        k = cfg.samples_per_prompt
-        log(f"filter: {len(sample)} training questions ("
-            + ", ".join(f"{n} {kind}" for kind, n in type_counts(sample).items())
-            + f") x {k} samples at temperature {cfg.temperature:g}; keeping those with {cfg.min_correct}.."
-            + f"{cfg.max_correct if cfg.max_correct >= 0 else k - 1} correct -> {directory / 'kept.jsonl'}")
-        run_filter(cfg, pool)
+        sample, batch = [], first
+        for round_ in range(1, rounds + 1):
+            sample += batch
+            write_questions(directory / "questions.jsonl", sample)
+            log(f"filter{'' if round_ == 1 else f' round {round_}'}: {len(batch)} training questions ("
+                + ", ".join(f"{n} {kind}" for kind, n in type_counts(batch).items())
+                + f") x {k} samples at temperature {cfg.temperature:g}; keeping those with {cfg.min_correct}.."
+                + f"{cfg.max_correct if cfg.max_correct >= 0 else k - 1} correct -> {directory / 'kept.jsonl'}")
+            run_filter(cfg, pool)
+            kept = type_counts(load_questions(directory / "kept.jsonl"))
+            short = {source: n for source, n in counts.items()
+                     if kept.get(QUESTION_TYPES.get(source, source), 0) < min_kept}
+            if not short or round_ == rounds:
+                break
+            batch = sample_per_type(train_file, short, seed=1 + round_, leave={q.id for q in sample})
+            if not batch:
+                break
+            log("filter: kept " + ", ".join(f"{kept.get(QUESTION_TYPES.get(s, s), 0)} {QUESTION_TYPES.get(s, s)}"
+                                            for s in short) + f", fewer than {min_kept}: sampling more")
         _mark_done(directory, settings)
     summary = json.loads((directory / "summary.json").read_text())
     kept = load_questions(directory / "kept.jsonl")
@@ -866,7 +894,8 @@ def main(argv: list[str] | None = None) -> int:
                 eval_dirs.append(start_evals)
             model_dir_sft, model_dir = model_dir, start_dir
             fcfg = filter_config(out, profile, model_dir, rl_extra, processes)
-            filtered = timed("filter", run_curriculum, fcfg, world, dict(profile.filter_questions), pool)
+            filtered = timed("filter", run_curriculum, fcfg, world, dict(profile.filter_questions), pool,
+                             profile.filter_min_kept, profile.filter_rounds)
             kept = Path(fcfg.out_dir) / "kept.jsonl"
             probe = probe_file(out, world, profile.probe_questions)
             rcfg = rl_config(out, profile, model_dir, kept, probe, rl_extra)

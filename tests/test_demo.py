@@ -295,3 +295,68 @@ def test_the_quick_profile_runs_every_stage(tmp_path, capsys):
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["rl"]["steps"] == 2 and set(report["accuracy"]["held_out"]["after RL"]) == TYPES
     assert "RL: GRPO" in log and (tmp_path / "run" / "report.html").is_file()
+
+
+def test_the_filter_samples_more_of_a_type_that_kept_too_few(tmp_path, monkeypatch, capsys):
+    """A type that kept fewer than min_kept questions is sampled again from questions no earlier round took, until
+    it has enough or the rounds run out; the first round is the one-round sample; a run killed in a later round
+    rolls out only what it had not finished; a finished one is reused."""
+    from litere.rl import curriculum
+    from litere.rl.config import FilterConfig
+
+    world = tmp_path / "world"
+    world.mkdir()
+    rows = [{"id": f"{kind}-{i:03d}", "question": f"q{i}", "answers": ["a"], "data_source": f"world-{kind}"}
+            for kind in ("direct", "2hop", "3hop") for i in range(100)]
+    (world / "train_questions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "sft").mkdir()
+    (tmp_path / "sft" / ".stamp").write_text("the model\n")
+    rolled, kill_at = [], [None]
+
+    def roll_out(cfg, env, questions, passes_file, pool):  # every direct question passes, every fifth 2-hop one
+        with passes_file.open("a") as out:
+            for q in questions:
+                if len(rolled) == kill_at[0]:
+                    raise RuntimeError("simulated kill")
+                rolled.append(q.id)
+                correct = 4 if q.data_source == "world-direct" or int(q.id[-3:]) % 5 == 0 else 0
+                out.write(json.dumps({"id": q.id, "correct": correct, "samples": 8, "data_source": q.data_source,
+                                      "response_tokens_mean": 10.0, "response_tokens_max": 10}) + "\n")
+
+    monkeypatch.setattr(curriculum, "_roll_out", roll_out)
+    counts = {"world-direct": 10, "world-2hop": 10}
+
+    def run(name, **more):
+        cfg = FilterConfig(model=str(tmp_path / "sft" / "pre_decay"), out_dir=str(tmp_path / name), device="cpu",
+                           questions=[str(tmp_path / name / "questions.jsonl")])
+        return demo.run_curriculum(cfg, world, counts, **more)
+
+    one = run("one")
+    assert one["sampled_by_type"] == {"direct": 10, "2-hop": 10} and one["kept_by_type"]["direct"] == 10
+    first = set(rolled)
+    rolled.clear()
+    summary = run("more", min_kept=4, rounds=5)
+    assert set(rolled[:20]) == first and len(rolled) == len(set(rolled))  # no question twice
+    taken = demo.load_questions(tmp_path / "more" / "questions.jsonl")
+    direct = [q for q in taken if q.data_source == "world-direct"]
+    assert len(direct) == 10  # enough after the first round
+    two_hop = [int(q.id[-3:]) % 5 == 0 for q in taken if q.data_source == "world-2hop"]  # kept or not, in order
+    assert len(two_hop) == summary["sampled_by_type"]["2-hop"] > 10 and len(two_hop) % 10 == 0
+    assert sum(two_hop[:-10]) < 4 <= sum(two_hop) or len(two_hop) == 50  # the round that had enough, or the last
+    kept = demo.load_questions(tmp_path / "more" / "kept.jsonl")
+    assert {q.id for q in kept} == {q.id for q in taken if q.data_source == "world-direct"
+                                    or int(q.id[-3:]) % 5 == 0}
+
+    rolled.clear()
+    kill_at[0] = 25  # in the second round
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        run("killed", min_kept=4, rounds=5)
+    before, kill_at[0] = list(rolled), None
+    rolled.clear()
+    resumed = run("killed", min_kept=4, rounds=5)
+    assert not set(before) & set(rolled) and resumed == summary
+    assert (tmp_path / "killed" / "kept.jsonl").read_text() == (tmp_path / "more" / "kept.jsonl").read_text()
+    rolled.clear()
+    capsys.readouterr()
+    assert run("killed", min_kept=4, rounds=5) == summary and not rolled
+    assert "filter: reusing" in capsys.readouterr().out
