@@ -525,6 +525,10 @@ def run_curriculum(cfg, world: Path, counts: dict[str, int], pool: WorkerPool | 
             if not short or round_ == rounds:
                 break
             batch = sample_per_type(train_file, short, seed=1 + round_, leave={q.id for q in sample})
+            exhausted = sorted(QUESTION_TYPES.get(s, s) for s in set(short) - {q.data_source for q in batch})
+            if exhausted:
+                warn(f"the filter has sampled every {', '.join(exhausted)} training question and kept fewer than "
+                     f"{min_kept}")
             if not batch:
                 break
             log("filter: kept " + ", ".join(f"{kept.get(QUESTION_TYPES.get(s, s), 0)} {QUESTION_TYPES.get(s, s)}"

@@ -342,7 +342,7 @@ def test_the_filter_samples_more_of_a_type_that_kept_too_few(tmp_path, monkeypat
     assert len(direct) == 10  # enough after the first round
     two_hop = [int(q.id[-3:]) % 5 == 0 for q in taken if q.data_source == "world-2hop"]  # kept or not, in order
     assert len(two_hop) == summary["sampled_by_type"]["2-hop"] > 10 and len(two_hop) % 10 == 0
-    assert sum(two_hop[:-10]) < 4 <= sum(two_hop) or len(two_hop) == 50  # the round that had enough, or the last
+    assert sum(two_hop[:-10]) < 4 and (sum(two_hop) >= 4 or len(two_hop) == 50)  # the round that had enough, or the last
     kept = demo.load_questions(tmp_path / "more" / "kept.jsonl")
     assert {q.id for q in kept} == {q.id for q in taken if q.data_source == "world-direct"
                                     or int(q.id[-3:]) % 5 == 0}
@@ -360,3 +360,8 @@ def test_the_filter_samples_more_of_a_type_that_kept_too_few(tmp_path, monkeypat
     capsys.readouterr()
     assert run("killed", min_kept=4, rounds=5) == summary and not rolled
     assert "filter: reusing" in capsys.readouterr().out
+
+    rolled.clear()
+    few = run("few", min_kept=100, rounds=20)  # more than 2-hop has: the rounds stop when none is left, and say so
+    assert few["sampled_by_type"] == {"direct": 100, "2-hop": 100} and len(rolled) == len(set(rolled)) == 200
+    assert "sampled every 2-hop training question" in capsys.readouterr().err
