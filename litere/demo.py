@@ -98,8 +98,9 @@ class Profile:
     held_out_questions: int = 360   # of the evaluation world (a sample takes an equal number per type)
     training_questions: int = 120   # a sample of the training worlds' questions, an equal number per type
     # the curriculum filter's sample of training questions, per type, and how many of each type it must keep: RL's
-    # 16 steps draw 8 of each type a step, 128 in all, and a type kept too few times over is memorised, not learnt
-    # (kept 2-hop questions each drawn 8.5 times: +3 points held out; 2.5-5.3 times: +9 to +21, BENCHMARKS.md).
+    # 16 steps draw 16 of each type a step, 256 in all, and a type kept too few times over is memorised, not learnt
+    # (with 8 a step: kept 2-hop questions each drawn 8.5 times, +3 points held out; 2.5-5.3 times, +9 to +21;
+    # BENCHMARKS.md).
     # A type that kept fewer than `filter_min_kept` is sampled again, as many more of it, from questions no earlier
     # round took, up to `filter_rounds` rounds in all: how many questions a model passes 1..7 times in 8 moves with the
     # machine's float path ("RL on top"). The final SFT model solved none of 36 3-hop questions x 8.
