@@ -180,6 +180,19 @@ def _read_stamp(directory: Path) -> str:
     return (directory / ".stamp").read_text().strip()
 
 
+def _model_identity(model_dir: Path) -> str:
+    """What names a model for reuse: the stamp of the demo stage that made it, or else a hash of its files (an RL
+    checkpoint's hf/, a model from elsewhere)."""
+    if (model_dir.parent / ".stamp").is_file():
+        return _read_stamp(model_dir.parent)
+    if not (model_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{model_dir}: not a model directory (no config.json)")
+    digest = hashlib.sha256()
+    for path in sorted(p for p in model_dir.iterdir() if p.is_file()):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def _set_aside(directory: Path, name: str, made: str):
     """A stage directory made with other settings or inputs is renamed, not deleted: a trained model or a run that
     was edited by hand can be hours of work. It keeps its name with `.replaced-<time>` added, beside the new one."""
@@ -429,7 +442,7 @@ def run_eval(name: str, evals: Path, model_dir: Path, questions_file: Path, ques
     directory = evals / name
     settings = {**EVAL_AGENT, "max_context_tokens": context_tokens or EVAL_AGENT["max_context_tokens"]}
     params = eval_sampling_params(greedy=greedy, seed=0)
-    info = {"model": str(model_dir), "model_stamp": _read_stamp(model_dir.parent),
+    info = {"model": str(model_dir), "model_stamp": _model_identity(model_dir),
             "questions": str(questions_file), "question_ids": [q.id for q in questions], "k": 1,
             "sampling": dataclasses.asdict(params), "agent": {**settings, "system_prompt": "DEMO_SYSTEM_PROMPT"},
             "compile": compile}

@@ -5,6 +5,7 @@ stopped or killed."""
 import dataclasses
 import json
 import multiprocessing
+import shutil
 
 import pytest
 import torch
@@ -140,6 +141,27 @@ def test_an_evaluation_in_two_processes_or_a_kept_pool_writes_the_trajectories_o
         assert [(t.question_id, t.prompt_ids, t.response_ids) for t in other] == \
             [(t.question_id, t.prompt_ids, t.response_ids) for t in one]
     assert len(one) == 4 and reports[1]["avg@k"] == reports[0]["avg@k"]
+
+
+def test_a_model_without_a_stage_stamp_is_evaluated_and_named_by_its_files(first_run, tmp_path, capsys):
+    """An RL checkpoint's hf/ or a model from elsewhere has no demo stamp beside it: the evaluation names it by a
+    hash of its files, so it is reused while they are unchanged and redone when they change."""
+    model = tmp_path / "elsewhere" / "hf"
+    shutil.copytree(first_run / "sft" / "final", model)
+    held = first_run / "world" / "eval_questions.jsonl"
+    questions = demo.sample_questions(held, 2)
+
+    def evaluate():
+        capsys.readouterr()
+        demo.run_eval("copy", tmp_path / "evals", model, held, questions, True, context_tokens=1024)
+        return capsys.readouterr().out
+
+    assert "reusing" not in evaluate()
+    assert "reusing" in evaluate()
+    (model / "config.json").write_text((model / "config.json").read_text() + "\n")
+    assert "reusing" not in evaluate()
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        demo.run_eval("none", tmp_path / "evals", tmp_path / "missing" / "hf", held, questions, True)
 
 
 def test_the_job_keeps_one_pool_of_workers_for_its_evaluations_and_filter(tmp_path, capsys, monkeypatch):
