@@ -189,7 +189,8 @@ def _model_identity(model_dir: Path) -> str:
         raise FileNotFoundError(f"{model_dir}: not a model directory (no config.json)")
     digest = hashlib.sha256()
     for path in sorted(p for p in model_dir.iterdir() if p.is_file()):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+        with path.open("rb") as file:
+            digest.update(path.name.encode() + b"\0" + hashlib.file_digest(file, "sha256").digest())
     return digest.hexdigest()[:16]
 
 
