@@ -6,6 +6,7 @@ import dataclasses
 import json
 import multiprocessing
 import shutil
+import sys
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from litere.agent import WorkerPool, read_trajectories
 from litere.rl import loop
 from litere.tokenizer import Tokenizer
 from litere.train import sft
+from litere.viewer import read_records
 
 FAST = ["max_steps=3", "global_batch=2048", "pack_tokens=2048", "arch.num_hidden_layers=1",
         "arch.hidden_size=64", "arch.intermediate_size=128", "arch.head_dim=16", "threads=1"]
@@ -387,3 +389,17 @@ def test_the_filter_samples_more_of_a_type_that_kept_too_few(tmp_path, monkeypat
     few = run("few", min_kept=100, rounds=20)  # more than 2-hop has: the rounds stop when none is left, and say so
     assert few["sampled_by_type"] == {"direct": 100, "2-hop": 100} and len(rolled) == len(set(rolled)) == 200
     assert "sampled every 2-hop training question" in capsys.readouterr().err
+
+
+def test_the_rl_update_precision_benchmark_times_both_precisions_on_a_finished_run(first_run, capsys):
+    sys.path.insert(0, str(demo.REPO / "benchmarks"))
+    import rl_update_precision
+
+    rl_update_precision.main(["--demo", str(first_run), "--model", str(first_run / "sft" / "final"),
+                              "--repeats", "2", "--threads", "1"])
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    dumped = read_records(first_run / "rl" / "rollouts" / "step_1.jsonl.gz")
+    assert 0 < result["trajectories"] <= len(dumped)
+    assert result["tokens"] > 0
+    assert [len(result["seconds"][name]) for name in ("fp32", "bf16")] == [2, 2]
+    assert result["speedup_bf16"] > 0
