@@ -74,7 +74,7 @@ from .agent.trajectory import read_trajectories
 from .evaluation import eval_sampling_params, evaluate
 from .files import atomic_write
 from .bpe import train_tokenizer
-from .questions import Environments, Question, QuestionFileError, load_questions, world_env_settings
+from .questions import Environments, Question, QuestionFileError, load_questions, portable_env, world_env_settings
 from .sampler import Sampler
 from .tokenizer import Tokenizer
 from .weights import CheckpointError, load_model
@@ -260,9 +260,9 @@ def sample_per_type(path: Path, counts: dict[str, int], seed: int, leave: set[st
 
 
 def write_questions(path: Path, questions: list[Question]):
-    """Questions in the JSON-lines format, each with its page store's absolute path."""
+    """Questions in the JSON-lines format, each with its page store's path relative to the file (`portable_env`)."""
     rows = [{"id": q.id, "question": q.question, "answers": q.answers, "data_source": q.data_source,
-             "mask_url": q.mask_url, "env": q.env} for q in questions]
+             "mask_url": q.mask_url, "env": portable_env(q.env, path)} for q in questions]
     atomic_write(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 

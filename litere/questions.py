@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,6 +115,18 @@ def _env(value, base: Path, where: str) -> str | None:
     if value.startswith(("http://", "https://")):
         return value
     return str((base / value).resolve())
+
+
+def portable_env(env: str | None, question_file) -> str | None:
+    """`env` (as `load_questions` resolves it) the way a question file written at `question_file` should record
+    it: a URL or None as it is; a database path relative to the file's directory where the two share a directory
+    below the filesystem root, so that a run directory moved or copied whole still finds its page stores; else the
+    absolute path."""
+    if env is None or env.startswith(("http://", "https://")):
+        return env
+    base, path = Path(question_file).resolve().parent, Path(env)
+    common = Path(os.path.commonpath([base, path]))
+    return os.path.relpath(path, base) if common != Path(common.anchor) else env
 
 
 def _id(value, where: str, default: str) -> str:

@@ -311,6 +311,22 @@ def test_a_time_budget_replaces_the_step_schedule_and_the_smoke_run_has_no_rewar
     assert demo.sft_config(tmp_path, demo.PROFILES["quick"], []).rewarm_when_held_out_above == 0
 
 
+def test_a_run_directory_moved_whole_reuses_every_stage(tmp_path, monkeypatch, capsys):
+    """The question files the demo and the filter write name their page stores relative to themselves, so the RL
+    probe's identity and the kept questions' page stores move with the run directory."""
+    (tmp_path / "a").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    run_demo("run", capsys, *SIZES, *FAST)
+    kept = (tmp_path / "a" / "run" / "filter" / "kept.jsonl").read_text().splitlines()
+    assert kept and all(json.loads(line)["env"].startswith("../world/") for line in kept)
+    (tmp_path / "a").rename(tmp_path / "b")
+    monkeypatch.chdir(tmp_path / "b")
+    log = run_demo("run", capsys, *SIZES, *FAST)
+    assert "other settings or inputs" not in log
+    for stage in ("world: reusing", "SFT: reusing", "filter: reusing", "RL: reusing", "eval after RL (held_out): reusing"):
+        assert stage in log
+
+
 @pytest.mark.slow
 def test_the_quick_profile_runs_every_stage(tmp_path, capsys):
     """`python -m litere.demo --quick` as a user runs it (the 3.4M model, 200 SFT steps): under 3 minutes on 2

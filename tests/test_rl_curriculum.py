@@ -1,6 +1,7 @@
 """The difficulty curriculum (`train.py --stage filter`): pass counts written as questions finish, a killed run
 resumed without redoing finished questions, the kept subset and the stage-2 buckets."""
 import json
+import os
 
 import pytest
 import torch
@@ -38,6 +39,7 @@ def test_filter_keeps_questions_with_some_but_not_all_correct(toy, tmp_path):
     kept = load_questions(out / "kept.jsonl")
     assert [q.id for q in kept] == [f"q{i}" for i in range(8) if 1 <= passes[f"q{i}"]["correct"] <= 3]
     assert kept and kept[0].env == str(toy / "pages.db")
+    assert json.loads((out / "kept.jsonl").read_text().splitlines()[0])["env"] == os.path.relpath(toy / "pages.db", out)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["kept"] == len(kept) and sum(summary["correct_histogram"].values()) == 8
     buckets = json.loads((out / "buckets.json").read_text())

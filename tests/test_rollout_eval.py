@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from litere.agent import TERMINATIONS, Agent, AgentConfig, read_trajectories
-from litere.questions import Environments, Question, QuestionFileError, load_questions, world_env_settings
+from litere.questions import (Environments, Question, QuestionFileError, load_questions, portable_env,
+                              world_env_settings)
 from litere.weights import CheckpointError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -160,6 +161,20 @@ def test_world_questions_carry_their_environment(world):
     assert envs(questions[1]) is env and env.search("Vivu").startswith("A Google search for 'Vivu' found")
     with pytest.raises(ValueError, match="names no env and no default"):
         envs(Question("x", "Q?", ["a"]))
+
+
+def test_a_written_question_file_names_its_page_store_relative_to_itself_so_a_moved_tree_still_finds_it(tmp_path):
+    store = tmp_path / "run" / "world" / "pages.db"
+    out = tmp_path / "run" / "filter" / "kept.jsonl"
+    assert portable_env(str(store), out) == "../world/pages.db"
+    assert portable_env("http://host:8000", out) == "http://host:8000" and portable_env(None, out) is None
+    assert portable_env("/pages.db", out) == "/pages.db"  # nothing shared below the root: kept absolute
+    out.parent.mkdir(parents=True)
+    write_lines(out, [{"id": "a", "question": "Q", "answer": "x", "env": portable_env(str(store), out)}])
+    assert load_questions(out)[0].env == str(store.resolve())
+    moved = tmp_path / "moved"
+    (tmp_path / "run").rename(moved)
+    assert load_questions(moved / "filter" / "kept.jsonl")[0].env == str((moved / "world" / "pages.db").resolve())
 
 
 def check_record(t, tokenizer, max_response):

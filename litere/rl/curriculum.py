@@ -18,7 +18,7 @@ import torch
 from .. import run_config
 from ..agent import Agent, AgentProcesses, WorkerPool
 from ..files import atomic_write
-from ..questions import Environments
+from ..questions import Environments, portable_env
 from ..reward import score_trajectories
 from ..tokenizer import Tokenizer
 from ..train import distributed
@@ -162,7 +162,8 @@ def _write_results(cfg: FilterConfig, questions: list, passes: dict[str, dict], 
         buckets.setdefault(source, {}).setdefault(bucket, 0)
         buckets[source][bucket] += 1
         kept.append({"id": q.id, "question": q.question, "answers": q.answers, "data_source": q.data_source,
-                     "mask_url": q.mask_url, "env": q.env, "correct": record["correct"], "length_bucket": bucket})
+                     "mask_url": q.mask_url, "env": portable_env(q.env, out_dir / "kept.jsonl"),
+                     "correct": record["correct"], "length_bucket": bucket})
     atomic_write(out_dir / "kept.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
     atomic_write(out_dir / "buckets.json", json.dumps(buckets, indent=2, sort_keys=True) + "\n")
     histogram = {}
