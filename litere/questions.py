@@ -119,10 +119,10 @@ def _env(value, base: Path, where: str) -> str | None:
 
 def portable_env(env: str | None, question_file) -> str | None:
     """`env` (as `load_questions` resolves it) the way a question file written at `question_file` should record
-    it: a URL or None as it is; a database path relative to the file's directory where the two share a directory
-    below the filesystem root, so that a run directory moved or copied whole still finds its page stores; else the
-    absolute path."""
-    if env is None or env.startswith(("http://", "https://")):
+    it: a URL, None or a relative path as it is; a database path relative to the file's directory where the two
+    share a directory below the filesystem root, so that a run directory moved or copied whole still finds its page
+    stores; else the absolute path."""
+    if env is None or env.startswith(("http://", "https://")) or not Path(env).is_absolute():
         return env
     base, path = Path(question_file).resolve().parent, Path(env)
     common = Path(os.path.commonpath([base, path]))

@@ -169,6 +169,7 @@ def test_a_written_question_file_names_its_page_store_relative_to_itself_so_a_mo
     assert portable_env(str(store), out) == "../world/pages.db"
     assert portable_env("http://host:8000", out) == "http://host:8000" and portable_env(None, out) is None
     assert portable_env("/pages.db", out) == "/pages.db"  # nothing shared below the root: kept absolute
+    assert portable_env("pages.db", out) == "pages.db"
     out.parent.mkdir(parents=True)
     write_lines(out, [{"id": "a", "question": "Q", "answer": "x", "env": portable_env(str(store), out)}])
     assert load_questions(out)[0].env == str(store.resolve())
