@@ -1,8 +1,9 @@
 """Why the demo's RL stays in fp32 on CPUs with bf16 instructions: the RL update's forward and backward in fp32 and
-under bf16 autocast, on one step of a finished main job's own trajectories. Every trajectory of the step (none
-dropped), packed as configs/demo_rl.toml packs them, the sampled tokens' logprobs and entropies at the sampling
-temperature (litere.rl.batch.sampled_logprobs, what the update computes), backward, gradients cleared; the two
-precisions alternate, so load from other processes hits both alike. The first round of each is a warm-up.
+under bf16 autocast, on one step of a finished main job's own trajectories. Every trajectory of the step (none dropped),
+packed as configs/demo_rl.toml packs them, the sampled tokens' logprobs and entropies at the sampling temperature
+(litere.rl.batch.sampled_logprobs, what the update computes; the entropies without a backward, as with the demo's
+`entropy_coef = 0`), backward, gradients cleared; the two precisions alternate, so load from other processes hits both
+alike. The first round of each is a warm-up.
 
     python benchmarks/rl_update_precision.py [--demo runs/demo] [--step 1] [--repeats 4] [--threads 2] [--model DIR]
 
@@ -41,8 +42,8 @@ def update_seconds(model, samples, micros, temperature: float, bf16: bool) -> fl
     for members in micros:
         mb = batching.micro_batch(samples, members, "cpu")
         with precision:
-            logprobs, entropy = batching.sampled_logprobs(model, mb, temperature, entropy=True)
-        (logprobs.mean() + 0.0 * entropy.mean()).backward()
+            logprobs, _ = batching.sampled_logprobs(model, mb, temperature, entropy=True)
+        logprobs.mean().backward()
     model.zero_grad(set_to_none=True)
     return time.perf_counter() - start
 
@@ -70,8 +71,8 @@ def main(argv=None):
     samples = [s for s in samples if s.num_loss_tokens]
     micros = batching.pack(samples, list(range(len(samples))), cfg.pack_tokens)
     tokens = sum(s.num_tokens for s in samples)
-    print(f"{len(samples)} trajectories, {tokens:,} tokens in {len(micros)} micro-batches of up to {cfg.pack_tokens:,}; "
-          f"{args.threads} thread(s), {platform.processor() or platform.machine()}, "
+    print(f"{len(samples)} trajectories, {tokens:,} tokens in {len(micros)} micro-batches of up to "
+          f"{cfg.pack_tokens:,}; {args.threads} thread(s), {platform.processor() or platform.machine()}, "
           f"CPU capability {torch.backends.cpu.get_cpu_capability()}")
     seconds = {"fp32": [], "bf16": []}
     for _ in range(args.repeats):
