@@ -47,9 +47,7 @@ def run_seed(out: Path, seed: int, threads: int) -> dict:
     probe = demo.probe_file(out, world, profile.probe_questions)
     cfg = demo.rl_config(out, profile, start, kept, probe,
                          [f"seed={seed}", f"threads={threads}", f"run_dir={json.dumps(str(rl_dir))}"])
-    inputs = {"model": demo._read_stamp(start.parent), "questions": demo._read_stamp(kept.parent),
-              "question_file": kept.name, "system": demo.DEMO_SYSTEM_PROMPT}
-    model = demo.run_rl(cfg, inputs)
+    model = demo.run_rl(cfg, demo.rl_inputs(start, kept.parent, cfg, probe))
     if model is None:
         raise SystemExit(f"rl_seeds: seed {seed}: the RL run stopped early; rerun to continue it")
     held_file = world / "eval_questions.jsonl"

@@ -594,6 +594,14 @@ def rl_steps_done(run_dir: Path) -> int:
     return max((json.loads(line)["step"] for line in path.read_text().splitlines()), default=0)
 
 
+def rl_inputs(start: Path, filter_dir: Path, cfg, probe: Path) -> dict:
+    """What the RL stage starts from, beside its settings: the stamps of the stages that made its model and its
+    questions, the question file, the probe's contents and the system prompt (a change to any makes RL again)."""
+    return {"model": _read_stamp(start.parent), "questions": _read_stamp(filter_dir),
+            "question_file": Path(cfg.questions[0]).name,
+            "probe": hashlib.sha256(probe.read_bytes()).hexdigest()[:16], "system": DEMO_SYSTEM_PROMPT}
+
+
 def run_rl(cfg, inputs: dict) -> Path | None:
     """The RL stage of `train.py --stage rl1` (litere.rl.loop) in this process: reused when a finished run with the
     same settings and inputs exists, resumed from its last checkpoint when one was interrupted or stopped early
@@ -922,10 +930,7 @@ def main(argv: list[str] | None = None) -> int:
                 warn(f"the filter kept {sum(filtered['kept_by_type'].values())} questions, fewer than a step's "
                      f"{rcfg.prompts_per_step}: RL trains on the filter's whole sample instead")
                 rcfg = rl_config(out, profile, model_dir, Path(fcfg.questions[0]), probe, rl_extra)
-            inputs = {"model": _read_stamp(model_dir.parent), "questions": _read_stamp(Path(fcfg.out_dir)),
-                      "question_file": Path(rcfg.questions[0]).name,
-                      "probe": hashlib.sha256(probe.read_bytes()).hexdigest()[:16], "system": DEMO_SYSTEM_PROMPT}
-            rl_model = timed("rl", run_rl, rcfg, inputs)
+            rl_model = timed("rl", run_rl, rcfg, rl_inputs(model_dir, Path(fcfg.out_dir), rcfg, probe))
             model_dir = model_dir_sft
             rl_dir = Path(rcfg.run_dir)
             rl = rl_summary(rl_dir, rcfg)
