@@ -419,3 +419,15 @@ def test_the_rl_update_precision_benchmark_times_both_precisions_on_a_finished_r
     assert result["tokens"] > 0
     assert [len(result["seconds"][name]) for name in ("fp32", "bf16")] == [2, 2]
     assert result["speedup_bf16"] > 0
+
+
+def test_the_sft_precision_benchmark_trains_the_demo_data_in_both_precisions(first_run, capsys, tmp_path):
+    sys.path.insert(0, str(demo.REPO / "benchmarks"))
+    import sft_precision
+
+    sft_precision.main(["--demo", str(first_run), "--steps", "12", "--repeats", "1", "--threads", "1"])
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert [len(result["tokens_per_s"][name]) for name in ("fp32", "bf16")] == [1, 1]
+    assert min(result["tokens_per_s"]["fp32"] + result["tokens_per_s"]["bf16"]) > 0
+    with pytest.raises(SystemExit, match="sft_precision: .*config.toml does not exist"):
+        sft_precision.main(["--demo", str(tmp_path)])

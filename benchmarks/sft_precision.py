@@ -1,0 +1,83 @@
+"""The demo's SFT in fp32 and under bf16 autocast on this CPU: which trains its batches faster?
+
+`precision = "auto"` (configs/demo_sft.toml) picks bf16 autocast on CPUs with bf16 instructions. Whether that is the
+faster choice depends on the CPU and on the batch: the demo's batches are small (2,048 tokens), where the casts
+autocast adds weigh more than in benchmarks/bench_sft.py's larger ones. This runs a finished main job's own SFT
+settings (DEMO/sft/config.toml) on its own data and tokenizer, from scratch, for `--steps` steps in each precision,
+the two alternating `--repeats` times (so load from other processes hits both alike), and reports the tokens per
+second of each run over its steps after the first 10. The held-out probe, its decay trigger and rewarms, checkpoints
+and exports are off: they do not change a training step's work.
+
+    python benchmarks/sft_precision.py [--demo runs/demo] [--steps 160] [--repeats 2] [--threads 2]
+
+The last line printed is JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from litere import cpu, run_config  # noqa: E402
+from litere.train import sft  # noqa: E402
+
+WARM_UP_STEPS = 10
+PRECISIONS = ("fp32", "bf16")
+
+
+def tokens_per_second(demo: Path, precision: str, steps: int, threads: int, run_dir: Path) -> float:
+    overrides = [f"run_dir={json.dumps(str(run_dir))}", f"tokenizer={json.dumps(str(demo / 'tokenizer'))}",
+                 f"train_files={json.dumps([str(demo / 'data' / 'train.jsonl')])}", "eval_files=[]",
+                 f"max_steps={steps}", "decay_steps=0", "decay_when_held_out_below=0", "rewarm_when_held_out_above=0",
+                 "eval_every=0", "checkpoint_every=0", "export=false", "export_before_decay=false",
+                 "export_during_decay=[]", f"precision={precision}", f"threads={threads}", "log_every=1000000"]
+    sft.train(run_config.load(sft.SFTConfig, demo / "sft" / "config.toml", overrides))
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    timed = [r for r in records if "step_s" in r][WARM_UP_STEPS:]
+    return sum(r["tokens"] for r in timed) / sum(r["step_s"] for r in timed)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--demo", type=Path, default=REPO / "runs" / "demo", help="a finished main job's directory")
+    parser.add_argument("--steps", type=int, default=160)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    for path in (args.demo / "sft" / "config.toml", args.demo / "data" / "train.jsonl",
+                 args.demo / "tokenizer" / "tokenizer.json"):
+        if not path.is_file():
+            raise SystemExit(f"sft_precision: {path} does not exist (run `python -m litere.demo` first)")
+    if args.steps <= WARM_UP_STEPS:
+        raise SystemExit(f"sft_precision: --steps must be more than the {WARM_UP_STEPS} warm-up steps")
+    speeds = {name: [] for name in PRECISIONS}
+    with tempfile.TemporaryDirectory(prefix="sft_precision_") as scratch:
+        for repeat in range(args.repeats):
+            for name in PRECISIONS:
+                run_dir = Path(scratch) / f"{name}_{repeat}"
+                speeds[name].append(tokens_per_second(args.demo, name, args.steps, args.threads, run_dir))
+    median = {name: statistics.median(values) for name, values in speeds.items()}
+    print(f"{args.threads} thread(s), {platform.processor() or platform.machine()}, CPU capability "
+          f"{torch.backends.cpu.get_cpu_capability()}, precision auto: {'bf16' if cpu.has_bf16() else 'fp32'}; "
+          f"{args.steps} steps a run, tokens/s over the steps after the first {WARM_UP_STEPS}")
+    print("| precision | tokens/s per run | median | vs fp32 |")
+    print("|---|---|---:|---:|")
+    for name, values in speeds.items():
+        print(f"| {name} | {', '.join(f'{v:,.0f}' for v in values)} | {median[name]:,.0f} | "
+              f"{median[name] / median['fp32']:.2f}× |")
+    print(json.dumps({"threads": args.threads, "steps": args.steps,
+                      "tokens_per_s": {k: [round(v) for v in vs] for k, vs in speeds.items()},
+                      "bf16_vs_fp32": round(median["bf16"] / median["fp32"], 3)}))
+
+
+if __name__ == "__main__":
+    main()
