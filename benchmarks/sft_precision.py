@@ -1,12 +1,12 @@
 """The demo's SFT in fp32 and under bf16 autocast on this CPU: which trains its batches faster?
 
-`precision = "auto"` (configs/demo_sft.toml) picks bf16 autocast on CPUs with bf16 instructions. Whether that is the
-faster choice depends on the CPU and on the batch: the demo's batches are small (2,048 tokens), where the casts
-autocast adds weigh more than in benchmarks/bench_sft.py's larger ones. This runs a finished main job's own SFT
-settings (DEMO/sft/config.toml) on its own data and tokenizer, from scratch, for `--steps` steps in each precision,
-the two alternating `--repeats` times (so load from other processes hits both alike), and reports the tokens per
-second of each run over its steps after the first 10. The held-out probe, its decay trigger and rewarms, checkpoints
-and exports are off: they do not change a training step's work.
+`precision = "auto"` (configs/demo_sft.toml) picks bf16 autocast on CPUs with bf16 instructions. benchmarks/bench_sft.py
+times larger batches of random documents; the demo's are small (2,048 tokens) and score every token, and the two can
+disagree on which precision is faster. This runs a finished main job's own SFT settings (DEMO/sft/config.toml) on its
+own data and tokenizer, from scratch, for `--steps` steps in each precision, the two alternating `--repeats` times (so
+load from other processes hits both alike), and reports the tokens per second of each run over its steps after the first
+10. The held-out probe, its decay trigger and rewarms, checkpoints and exports are off: they do not change a training
+step's work.
 
     python benchmarks/sft_precision.py [--demo runs/demo] [--steps 160] [--repeats 2] [--threads 2]
 

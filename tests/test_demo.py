@@ -426,7 +426,9 @@ def test_the_sft_precision_benchmark_trains_the_demo_data_in_both_precisions(fir
     import sft_precision
 
     sft_precision.main(["--demo", str(first_run), "--steps", "12", "--repeats", "1", "--threads", "1"])
-    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    out = capsys.readouterr().out
+    assert "precision fp32," in out and "precision bf16 (autocast)," in out  # each run trained as its row says
+    result = json.loads(out.strip().splitlines()[-1])
     assert [len(result["tokens_per_s"][name]) for name in ("fp32", "bf16")] == [1, 1]
     assert min(result["tokens_per_s"]["fp32"] + result["tokens_per_s"]["bf16"]) > 0
     with pytest.raises(SystemExit, match="sft_precision: .*config.toml does not exist"):
