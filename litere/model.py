@@ -5,6 +5,7 @@ KV cache (sampling), and no token attends across documents. Module names equal t
 """
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple, Protocol, runtime_checkable
 
 import torch
@@ -14,6 +15,7 @@ from torch.utils.checkpoint import checkpoint
 
 import kernels
 
+from . import cpu
 from .config import ModelConfig
 from .cpu import linear  # F.linear, in the layout the host runs fastest for decode-sized batches
 
@@ -79,18 +81,10 @@ class Attention(nn.Module):
         self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
         self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
 
-    def forward(self, x, cos, sin, layout: Layout):
-        T = x.shape[0]
-        q = linear(x, self.q_proj.weight).reshape(T, self.n_heads, self.head_dim)
-        k = linear(x, self.k_proj.weight).reshape(T, self.n_kv_heads, self.head_dim)
-        v = linear(x, self.v_proj.weight).reshape(T, self.n_kv_heads, self.head_dim)
-        q = apply_rotary(kernels.rms_norm(q, self.q_norm.weight, self.q_norm.eps), cos, sin)
-        k = apply_rotary(kernels.rms_norm(k, self.k_norm.weight, self.k_norm.eps), cos, sin)
+    def attend(self, q, k, v, layout: Layout):
         if layout.cache is not None:
-            out = layout.cache.attend(self.layer_idx, q, k, v)
-        else:
-            out = kernels.attention(q, k, v, layout.cu_seqlens, layout.max_seqlen)
-        return linear(out.reshape(T, self.n_heads * self.head_dim), self.o_proj.weight)
+            return layout.cache.attend(self.layer_idx, q, k, v)
+        return kernels.attention(q, k, v, layout.cu_seqlens, layout.max_seqlen)
 
 
 class MLP(nn.Module):
@@ -100,10 +94,6 @@ class MLP(nn.Module):
         self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
 
-    def forward(self, x):
-        hidden = F.silu(linear(x, self.gate_proj.weight)) * linear(x, self.up_proj.weight)
-        return linear(hidden, self.down_proj.weight)
-
 
 class Block(nn.Module):
     def __init__(self, config: ModelConfig, layer_idx: int):
@@ -112,11 +102,45 @@ class Block(nn.Module):
         self.self_attn = Attention(config, layer_idx)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = MLP(config)
+        self.compiled = False  # see Qwen3.compile_blocks
 
     def forward(self, x, cos, sin, layout: Layout):
+        attn, mlp = self.self_attn, self.mlp
         norm1, norm2 = self.input_layernorm, self.post_attention_layernorm
-        x = x + self.self_attn(kernels.rms_norm(x, norm1.weight, norm1.eps), cos, sin, layout)
-        return x + self.mlp(kernels.rms_norm(x, norm2.weight, norm2.eps))
+        before, after = _compiled_block_parts() if self.compiled and layout.cache is None else (
+            _attention_inputs, _attention_output_and_mlp)
+        q, k, v = before(x, cos, sin, norm1.weight, attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight,
+                         attn.q_norm.weight, attn.k_norm.weight, norm1.eps, attn.n_heads, attn.n_kv_heads)
+        return after(x, attn.attend(q, k, v, layout), attn.o_proj.weight, norm2.weight, mlp.gate_proj.weight,
+                     mlp.up_proj.weight, mlp.down_proj.weight, norm2.eps)
+
+
+def _attention_inputs(x, cos, sin, norm, q_proj, k_proj, v_proj, q_norm, k_norm, eps, n_heads, n_kv_heads):
+    """A block's q (T, Hq, D) and k/v (T, Hkv, D): its input norm, projections, q/k norms and rotary embedding."""
+    T = x.shape[0]
+    h = kernels.rms_norm(x, norm, eps)
+    q = linear(h, q_proj).reshape(T, n_heads, -1)
+    k = linear(h, k_proj).reshape(T, n_kv_heads, -1)
+    v = linear(h, v_proj).reshape(T, n_kv_heads, -1)
+    q = apply_rotary(kernels.rms_norm(q, q_norm, eps), cos, sin)
+    return q, apply_rotary(kernels.rms_norm(k, k_norm, eps), cos, sin), v
+
+
+def _attention_output_and_mlp(x, attended, o_proj, norm, gate_proj, up_proj, down_proj, eps):
+    """The rest of a block: the attention output's projection and residual, then the SwiGLU MLP's."""
+    x = x + linear(attended.flatten(-2), o_proj)
+    h = kernels.rms_norm(x, norm, eps)
+    return x + linear(F.silu(linear(h, gate_proj)) * linear(h, up_proj), down_proj)
+
+
+@functools.cache
+def _compiled_block_parts():
+    """The two parts of a block around attention, compiled once for every block and every length (dynamic shapes,
+    the weights passed in): the compiler fuses their norms, rotary, SwiGLU and residual adds. Attention stays eager:
+    its per-document loop (kernels.reference.attention) would make a graph per batch layout."""
+    if not torch.cuda.is_available():
+        cpu.separate_compile_cache()
+    return (torch.compile(_attention_inputs, dynamic=True), torch.compile(_attention_output_and_mlp, dynamic=True))
 
 
 class Backbone(nn.Module):
@@ -134,6 +158,12 @@ class Qwen3(nn.Module):
         self.model = Backbone(config)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.tie_weights()
+
+    def compile_blocks(self):
+        """Run every block's work around attention through torch.compile in training forwards (packed documents);
+        sampling (through a KV cache) keeps the eager code, which the sampler compiles as a whole if asked."""
+        for block in self.model.layers:
+            block.compiled = True
 
     def tie_weights(self):
         if self.config.tie_word_embeddings:

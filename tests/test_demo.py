@@ -421,15 +421,20 @@ def test_the_rl_update_precision_benchmark_times_both_precisions_on_a_finished_r
     assert result["speedup_bf16"] > 0
 
 
-def test_the_sft_precision_benchmark_trains_the_demo_data_in_both_precisions(first_run, capsys, tmp_path):
+@pytest.mark.parametrize("compare, rows, logged", [
+    ("precision", ("fp32", "bf16"), ("precision fp32,", "precision bf16 (autocast),")),
+    ("compile", ("eager", "compiled"), ("activation checkpointing off;", "blocks compiled;"))])
+def test_the_demo_sft_speed_benchmark_trains_the_demo_data_both_ways(first_run, capsys, tmp_path, compare, rows,
+                                                                      logged):
     sys.path.insert(0, str(demo.REPO / "benchmarks"))
-    import sft_precision
+    import demo_sft_speed
 
-    sft_precision.main(["--demo", str(first_run), "--steps", "12", "--repeats", "1", "--threads", "1"])
+    demo_sft_speed.main(["--compare", compare, "--demo", str(first_run), "--steps", "12", "--repeats", "1",
+                         "--threads", "1"])
     out = capsys.readouterr().out
-    assert "precision fp32," in out and "precision bf16 (autocast)," in out  # each run trained as its row says
+    assert all(line in out for line in logged)  # each run trained as its row says
     result = json.loads(out.strip().splitlines()[-1])
-    assert [len(result["tokens_per_s"][name]) for name in ("fp32", "bf16")] == [1, 1]
-    assert min(result["tokens_per_s"]["fp32"] + result["tokens_per_s"]["bf16"]) > 0
-    with pytest.raises(SystemExit, match="sft_precision: .*config.toml does not exist"):
-        sft_precision.main(["--demo", str(tmp_path)])
+    assert [len(result["tokens_per_s"][name]) for name in rows] == [1, 1]
+    assert min(result["tokens_per_s"][rows[0]] + result["tokens_per_s"][rows[1]]) > 0
+    with pytest.raises(SystemExit, match="demo_sft_speed: .*config.toml does not exist"):
+        demo_sft_speed.main(["--demo", str(tmp_path)])

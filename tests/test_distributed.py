@@ -108,6 +108,18 @@ def test_fsdp_bf16_policy_runs_on_cpu(runs, tmp_path):
         assert loss == pytest.approx(reference[step], rel=2e-2)
 
 
+def test_compiled_blocks_sharded_give_the_losses_of_one_eager_process(runs, tmp_path):
+    data, single, _ = runs
+    result = run_train(tiny_overrides(data, run_dir=str(tmp_path), compile_blocks=True, activation_checkpointing=True,
+                                      **dict(SETTINGS, max_steps=3, checkpoint_every=0), export=False), nproc=2)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "blocks compiled" in (tmp_path / "train.log").read_text()
+    reference = losses(single)
+    assert list(losses(tmp_path)) == [1, 2, 3]
+    for step, loss in losses(tmp_path).items():
+        assert loss == pytest.approx(reference[step], abs=1e-4)
+
+
 def test_without_torchrun_there_is_no_process_group(monkeypatch):
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         monkeypatch.delenv(name, raising=False)

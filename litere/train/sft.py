@@ -395,7 +395,8 @@ def _train(cfg: SFTConfig, env: DistEnv) -> Path:
         length += f", stopping after step {stop_step()}"
     log.info(f"model: {mcfg.num_parameters() / 1e6:.1f}M parameters, {env.world_size} process(es) on "
              f"{env.device.type}, precision {precision}" + (f" ({bf16_mode})" if precision == "bf16" else "")
-             + f", activation checkpointing {'on' if cfg.activation_checkpointing else 'off'}; {length}, "
+             + f", activation checkpointing {'on' if cfg.activation_checkpointing else 'off'}"
+             + (", blocks compiled" if cfg.compile_blocks else "") + f"; {length}, "
                f"{planner.steps_in_epoch(0)} steps per epoch")
     started, start_step = time.perf_counter(), step
     nonfinite = NonFiniteGuard(cfg.max_nonfinite_steps, run_dir, log)
