@@ -66,8 +66,9 @@ def test_the_probe_has_its_own_response_budget_and_leaves_training_alone(toy, tm
         assert {k: a[k] for k in trained} == {k: b[k] for k in trained}
 
 
-def test_on_policy_step_has_ratio_one_and_no_importance_correction(toy, tmp_path):
-    loop.train(rl_config(toy, run_dir=str(tmp_path), max_steps=2, export=False))
+@pytest.mark.parametrize("compile_blocks", [False, True])  # compiled, the update's blocks differ from the sampler's
+def test_on_policy_step_has_ratio_one_and_no_importance_correction(toy, tmp_path, compile_blocks):
+    loop.train(rl_config(toy, run_dir=str(tmp_path), max_steps=2, export=False, compile_blocks=compile_blocks))
     for m in metrics(tmp_path):
         assert m["ratio_mean"] == 1.0  # π_old is the update's own forward, detached
         assert m["clip_low_fraction"] == m["clip_high_fraction"] == m["dual_clip_fraction"] == 0
