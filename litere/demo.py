@@ -135,8 +135,10 @@ PROFILES = {
     "short": Profile("runs/demo", FULL_WORLD, "configs/demo_sft.toml", sft_stop_fraction=2 / 3, suffix="-short",
                      rl_start="final"),
     "quick": Profile("runs/demo-quick", BuildConfig(worlds=40, trajectories=24, eval_questions=48, mix=MIX),
-                     # a smoke run ends before numbers are learnt: no second decay
-                     "configs/demo_sft.toml", ("max_steps=200", "global_batch=2048", "rewarm_when_held_out_above=0"),
+                     # a smoke run ends before numbers are learnt: no second decay; and trains eagerly: compiling
+                     # the blocks would take longer than its 200 steps gain
+                     "configs/demo_sft.toml", ("max_steps=200", "global_batch=2048", "rewarm_when_held_out_above=0",
+                                               "compile_blocks=false"),
                      held_out_questions=12, training_questions=6,
                      filter_questions=(("world-direct", 2), ("world-2hop", 2), ("world-3hop", 2)),
                      # a smoke run's model solves next to nothing: keep every question so that RL has some
