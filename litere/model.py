@@ -138,8 +138,7 @@ def _compiled_block_parts():
     """The two parts of a block around attention, compiled once for every block and every length (dynamic shapes,
     the weights passed in): the compiler fuses their norms, rotary, SwiGLU and residual adds. Attention stays eager:
     its per-document loop (kernels.reference.attention) would make a graph per batch layout."""
-    if not torch.cuda.is_available():
-        cpu.separate_compile_cache()
+    cpu.separate_compile_cache()  # acts only where ATEN_CPU_CAPABILITY is set
     return (torch.compile(_attention_inputs, dynamic=True), torch.compile(_attention_output_and_mlp, dynamic=True))
 
 

@@ -53,7 +53,8 @@ class TrainerConfig:
     bf16_mode: str = "auto"  # auto (FSDP policy under torchrun on CUDA, else autocast) | fsdp | autocast
     activation_checkpointing: bool = False
     # torch.compile each block's work around attention (norms, projections, rotary, SwiGLU, residuals) in the
-    # training forward and backward: a float path of its own, faster on CPU (Qwen3.compile_blocks)
+    # training forward and backward: a float path of its own; the demo's SFT 1.20x faster on 2 cores of an Intel
+    # Xeon with AMX (Qwen3.compile_blocks, BENCHMARKS.md)
     compile_blocks: bool = False
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # CPU threads per process; 0 keeps torch's default (torchrun sets 1)
