@@ -407,18 +407,19 @@ def test_the_filter_samples_more_of_a_type_that_kept_too_few(tmp_path, monkeypat
     assert "sampled every 2-hop training question" in capsys.readouterr().err
 
 
-def test_the_rl_update_precision_benchmark_times_both_precisions_on_a_finished_run(first_run, capsys):
+@pytest.mark.parametrize("compare, rows", [("precision", ("fp32", "bf16")), ("compile", ("eager", "compiled"))])
+def test_the_rl_update_speed_benchmark_times_both_settings_on_a_finished_run(first_run, capsys, compare, rows):
     sys.path.insert(0, str(demo.REPO / "benchmarks"))
-    import rl_update_precision
+    import rl_update_speed
 
-    rl_update_precision.main(["--demo", str(first_run), "--model", str(first_run / "sft" / "final"),
-                              "--repeats", "2", "--threads", "1"])
+    rl_update_speed.main(["--compare", compare, "--demo", str(first_run), "--model", str(first_run / "sft" / "final"),
+                          "--repeats", "2", "--threads", "1"])
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     dumped = read_records(first_run / "rl" / "rollouts" / "step_1.jsonl.gz")
     assert 0 < result["trajectories"] <= len(dumped)
-    assert result["tokens"] > 0
-    assert [len(result["seconds"][name]) for name in ("fp32", "bf16")] == [2, 2]
-    assert result["speedup_bf16"] > 0
+    assert result["tokens"] > 0 and result["compare"] == compare
+    assert [len(result["seconds"][name]) for name in rows] == [2, 2]
+    assert result[f"{rows[1]}_vs_{rows[0]}"] > 0
 
 
 @pytest.mark.parametrize("compare, rows, logged", [

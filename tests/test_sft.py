@@ -1,3 +1,4 @@
+import dataclasses
 import itertools
 import math
 
@@ -630,6 +631,18 @@ def test_bf16_needs_torch_to_use_the_cpus_bf16_instructions(monkeypatch):
     from litere import cpu
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")  # ATEN_CPU_CAPABILITY=avx2
     assert not cpu.has_bf16()
+
+
+@pytest.mark.parametrize("bf16,precision,compiled", [(True, "auto", True), (False, "auto", False),
+                                                     (True, "fp32", False)])
+def test_compile_blocks_auto_compiles_where_training_runs_under_bf16_autocast(monkeypatch, bf16, precision, compiled):
+    from litere import cpu
+    from litere.train.core import blocks_compiled
+    monkeypatch.setattr(cpu, "has_bf16", lambda: bf16)
+    cfg = run_config.load(sft.SFTConfig, None, ["compile_blocks=auto", f"precision={precision}"])
+    assert blocks_compiled(cfg, DistEnv()) is compiled
+    assert blocks_compiled(dataclasses.replace(cfg, compile_blocks=True), DistEnv())
+    assert not blocks_compiled(dataclasses.replace(cfg, compile_blocks=False), DistEnv())
 
 
 def test_recall_drills_list_keys_and_two_token_values_then_recall_them_in_another_order():

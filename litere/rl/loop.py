@@ -37,8 +37,9 @@ from ..questions import Environments, Question
 from ..reward import score_trajectories
 from ..sampler import SamplingParams
 from ..train import checkpoint, distributed
-from ..train.core import (NonFiniteGuard, WarmupCosine, build_model, build_optimizer, duration, export,
-                          full_model_state, load_tokenizer, model_config, open_run, optimizer_step, resolve_precision)
+from ..train.core import (NonFiniteGuard, WarmupCosine, blocks_compiled, build_model, build_optimizer, duration,
+                          export, full_model_state, load_tokenizer, model_config, open_run, optimizer_step,
+                          resolve_precision)
 from ..train.distributed import DistEnv
 from . import batch as batching
 from .advantage import gae, group_advantages, zero_variance
@@ -120,9 +121,10 @@ class RLRun:
             self.log.rewind_metrics(self.step)
             self.log.info(f"resumed from {resume_from} at step {self.step}")
         self.log.info(f"model: {self.mcfg.num_parameters() / 1e6:.1f}M parameters, {env.world_size} process(es) on "
-                      f"{env.device.type}, precision {precision}; {cfg.algo.upper()}, {self.total_steps} steps of "
-                      f"{cfg.prompts_per_step} questions x {cfg.samples_per_prompt} samples from "
-                      f"{len(self.questions)} questions; rollout weights "
+                      f"{env.device.type}, precision {precision}"
+                      + (", blocks compiled" if blocks_compiled(cfg, env) else "")
+                      + f"; {cfg.algo.upper()}, {self.total_steps} steps of {cfg.prompts_per_step} questions x "
+                      f"{cfg.samples_per_prompt} samples from {len(self.questions)} questions; rollout weights "
                       f"{'shared with the trainer' if self.rollout_weights.shared else 'copied each step'}")
 
     def _extra_state(self) -> dict | None:

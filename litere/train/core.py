@@ -53,9 +53,10 @@ class TrainerConfig:
     bf16_mode: str = "auto"  # auto (FSDP policy under torchrun on CUDA, else autocast) | fsdp | autocast
     activation_checkpointing: bool = False
     # torch.compile each block's work around attention (norms, projections, rotary, SwiGLU, residuals) in the
-    # training forward and backward: a float path of its own; the demo's SFT 1.20x faster on 2 cores of an Intel
-    # Xeon with AMX (Qwen3.compile_blocks, BENCHMARKS.md)
-    compile_blocks: bool = False
+    # training forward and backward: a float path of its own (Qwen3.compile_blocks). "auto": where the run trains
+    # on a CPU under bf16 autocast, the one place it was measured faster (the demo's SFT 1.20x on 2 cores of an
+    # Intel Xeon with AMX; in fp32 0.99x for its SFT, 0.94x for its RL update: BENCHMARKS.md, "Compiled blocks")
+    compile_blocks: bool | str = False
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # CPU threads per process; 0 keeps torch's default (torchrun sets 1)
     # outputs
@@ -74,6 +75,9 @@ class TrainerConfig:
                    "device": ("auto", "cpu", "cuda"), "export_dtype": ("", *DTYPES)}
         for key, allowed in choices.items():
             check_choice(self, key, allowed)
+        if isinstance(self.compile_blocks, str) and self.compile_blocks != "auto":
+            raise run_config.RunConfigError(f"compile_blocks={self.compile_blocks!r}: must be true, false or \"auto\"",
+                                            key="compile_blocks")
         check_positive(self, "log_every", "adam_eps", "init_std")
         check_non_negative(self, "lr", "weight_decay", "grad_clip", "threads", "checkpoint_every",
                            "keep_checkpoints", "peak_tflops", "max_nonfinite_steps")
@@ -292,18 +296,19 @@ def build_model(cfg: TrainerConfig, mcfg: ModelConfig, env: DistEnv, bf16_params
                 ) -> Qwen3:
     """fp32 master weights; sharded under torchrun (only rank 0 reads the starting weights, then broadcasts).
     `state` replaces the configured starting weights (a full fp32 state dict, needed on rank 0 only)."""
+    compiled = blocks_compiled(cfg, env)
     if not env.distributed:
         model = Qwen3(mcfg)
         model.load_state_dict(state if state is not None else full_model_state(cfg, mcfg))
         model = model.to(env.device)
-        if cfg.compile_blocks:
+        if compiled:
             model.compile_blocks()
         if cfg.activation_checkpointing:
             distributed.apply_activation_checkpointing(model)
         return model
     with torch.device("meta"):
         model = Qwen3(mcfg)
-    if cfg.compile_blocks:
+    if compiled:
         model.compile_blocks()
     if cfg.activation_checkpointing:
         distributed.apply_activation_checkpointing(model)
@@ -328,6 +333,14 @@ def resolve_precision(cfg: TrainerConfig, env: DistEnv) -> tuple[str, str]:
     if precision == "bf16" and mode == "fsdp" and not env.distributed:
         raise run_config.RunConfigError("bf16_mode='fsdp' needs a sharded model (launch with torchrun)")
     return precision, mode
+
+
+def blocks_compiled(cfg: TrainerConfig, env: DistEnv) -> bool:
+    """compile_blocks with "auto" decided for this device and precision."""
+    if cfg.compile_blocks != "auto":
+        return cfg.compile_blocks
+    precision, mode = resolve_precision(cfg, env)
+    return env.device.type == "cpu" and precision == "bf16" and mode == "autocast"
 
 
 def step_flops(mcfg: ModelConfig, doc_lengths: list[int]) -> float:

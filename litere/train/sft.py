@@ -22,9 +22,9 @@ from .. import run_config
 from ..tokenizer import Tokenizer
 from . import checkpoint, distributed
 from .core import (NonFiniteGuard, RunLog, TimedWarmupCosine, TrainerConfig, WarmupCosine, WarmupHoldDecay,
-                   agreed_seconds, build_model, build_optimizer, check_choice, check_non_negative, check_positive,
-                   duration, export, load_tokenizer, model_config, open_run, optimizer_step, peak_flops,
-                   resolve_precision, step_flops)
+                   agreed_seconds, blocks_compiled, build_model, build_optimizer, check_choice, check_non_negative,
+                   check_positive, duration, export, load_tokenizer, model_config, open_run, optimizer_step,
+                   peak_flops, resolve_precision, step_flops)
 from .distributed import DistEnv
 from .sft_data import BatchPlanner, DataPosition, MicroBatch, load_sft_dataset, recall_drills
 
@@ -396,7 +396,7 @@ def _train(cfg: SFTConfig, env: DistEnv) -> Path:
     log.info(f"model: {mcfg.num_parameters() / 1e6:.1f}M parameters, {env.world_size} process(es) on "
              f"{env.device.type}, precision {precision}" + (f" ({bf16_mode})" if precision == "bf16" else "")
              + f", activation checkpointing {'on' if cfg.activation_checkpointing else 'off'}"
-             + (", blocks compiled" if cfg.compile_blocks else "") + f"; {length}, "
+             + (", blocks compiled" if blocks_compiled(cfg, env) else "") + f"; {length}, "
                f"{planner.steps_in_epoch(0)} steps per epoch")
     started, start_step = time.perf_counter(), step
     nonfinite = NonFiniteGuard(cfg.max_nonfinite_steps, run_dir, log)
