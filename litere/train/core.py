@@ -55,7 +55,7 @@ class TrainerConfig:
     # torch.compile each block's work around attention (norms, projections, rotary, SwiGLU, residuals) in the
     # training forward and backward: a float path of its own (Qwen3.compile_blocks). "auto": where the run trains
     # on a CPU under bf16 autocast, the one place it was measured faster (the demo's SFT 1.20x on 2 cores of an
-    # Intel Xeon with AMX; in fp32 0.99x for its SFT, 0.94x for its RL update: BENCHMARKS.md, "Compiled blocks")
+    # Intel Xeon with AMX; in fp32 0.99x for its SFT, 0.95x for its RL update: BENCHMARKS.md, "Compiled blocks")
     compile_blocks: bool | str = False
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # CPU threads per process; 0 keeps torch's default (torchrun sets 1)
