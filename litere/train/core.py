@@ -72,12 +72,10 @@ class TrainerConfig:
 
     def __post_init__(self):
         choices = {"precision": ("auto", "bf16", "fp32"), "bf16_mode": ("auto", "fsdp", "autocast"),
-                   "device": ("auto", "cpu", "cuda"), "export_dtype": ("", *DTYPES)}
+                   "device": ("auto", "cpu", "cuda"), "export_dtype": ("", *DTYPES),
+                   "compile_blocks": (False, True, "auto")}
         for key, allowed in choices.items():
             check_choice(self, key, allowed)
-        if isinstance(self.compile_blocks, str) and self.compile_blocks != "auto":
-            raise run_config.RunConfigError(f"compile_blocks={self.compile_blocks!r}: must be true, false or \"auto\"",
-                                            key="compile_blocks")
         check_positive(self, "log_every", "adam_eps", "init_std")
         check_non_negative(self, "lr", "weight_decay", "grad_clip", "threads", "checkpoint_every",
                            "keep_checkpoints", "peak_tflops", "max_nonfinite_steps")
