@@ -63,11 +63,12 @@ def row(out: Path, seed: int) -> dict | None:
     report = eval_dir / "held_out" / "report.json"
     if not report.is_file():
         return None
-    accuracy = demo.accuracy_by_type(json.loads(report.read_text()))
+    held_out = json.loads(report.read_text())
+    accuracy = demo.accuracy_by_type(held_out)
     steps = [json.loads(line) for line in (rl_dir / "metrics.jsonl").read_text().splitlines()]
     rewards = [r["reward_mean"] for r in steps if "reward_mean" in r]
     return {"seed": seed, **{kind: accuracy[kind]["accuracy"] for kind in TYPES},
-            "reward_first": rewards[0], "reward_last": rewards[-1],
+            "well_formed": held_out["well_formed"], "reward_first": rewards[0], "reward_last": rewards[-1],
             "step_s": statistics.median(r["step_s"] for r in steps if "step_s" in r)}
 
 
@@ -79,13 +80,15 @@ def table(out: Path) -> list[dict]:
     base = demo.accuracy_by_type(start)
     rows = [r for r in (row(out, seed) for seed in range(100)) if r is not None]
     print(f"RL's start (sft/{demo.PROFILES['full'].rl_start}): held out "
-          + " / ".join(f"{base[kind]['accuracy']:.1%}" for kind in TYPES) + " (direct / 2-hop / 3-hop)")
-    print("| seed | held-out direct | 2-hop | 3-hop | direct and 2-hop gain (points) | reward step 1 → last | s a step |")
-    print("|---:|---:|---:|---:|---:|---|---:|")
+          + " / ".join(f"{base[kind]['accuracy']:.1%}" for kind in TYPES)
+          + f" (direct / 2-hop / 3-hop), {start['well_formed']:.1%} of its trajectories well formed")
+    print("| seed | held-out direct | 2-hop | 3-hop | direct and 2-hop gain (points) | well formed | "
+          "reward step 1 → last | s a step |")
+    print("|---:|---:|---:|---:|---:|---:|---|---:|")
     for r in rows:
         gains = [100 * (r[kind] - base[kind]["accuracy"]) for kind in ("direct", "2-hop")]
         print(f"| {r['seed']} | {r['direct']:.1%} | {r['2-hop']:.1%} | {r['3-hop']:.1%} | "
-              f"{gains[0]:+.1f} / {gains[1]:+.1f} | {r['reward_first']:.3f} → {r['reward_last']:.3f} | "
+              f"{gains[0]:+.1f} / {gains[1]:+.1f} | {r['well_formed']:.1%} | {r['reward_first']:.3f} → {r['reward_last']:.3f} | "
               f"{r['step_s']:.1f} |")
     return rows
 
