@@ -88,8 +88,8 @@ def table(out: Path) -> list[dict]:
     for r in rows:
         gains = [100 * (r[kind] - base[kind]["accuracy"]) for kind in ("direct", "2-hop")]
         print(f"| {r['seed']} | {r['direct']:.1%} | {r['2-hop']:.1%} | {r['3-hop']:.1%} | "
-              f"{gains[0]:+.1f} / {gains[1]:+.1f} | {r['well_formed']:.1%} | {r['reward_first']:.3f} → {r['reward_last']:.3f} | "
-              f"{r['step_s']:.1f} |")
+              f"{gains[0]:+.1f} / {gains[1]:+.1f} | {r['well_formed']:.1%} | "
+              f"{r['reward_first']:.3f} → {r['reward_last']:.3f} | {r['step_s']:.1f} |")
     return rows
 
 
