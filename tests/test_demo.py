@@ -439,3 +439,39 @@ def test_the_demo_sft_speed_benchmark_trains_the_demo_data_both_ways(first_run, 
     assert min(result["tokens_per_s"][rows[0]] + result["tokens_per_s"][rows[1]]) > 0
     with pytest.raises(SystemExit, match="demo_sft_speed: .*config.toml does not exist"):
         demo_sft_speed.main(["--demo", str(tmp_path)])
+
+
+def test_the_rl_seeds_table_reads_every_finished_seed_against_rl_start(tmp_path, capsys):
+    sys.path.insert(0, str(demo.REPO / "benchmarks"))
+    import rl_seeds
+
+    def evaluation(directory, direct, two_hop, well_formed):
+        by_source = {"world-direct": {"questions": 4, "avg@k": direct},
+                     "world-2hop": {"questions": 4, "avg@k": two_hop},
+                     "world-3hop": {"questions": 2, "avg@k": 0.0}}
+        report = {"by_data_source": by_source, "avg@k": (direct + two_hop) * 0.4, "questions": 10,
+                  "well_formed": well_formed}
+        (directory / "held_out").mkdir(parents=True)
+        (directory / "held_out" / "report.json").write_text(json.dumps(report))
+
+    def rl_run(directory, rewards, step_s):
+        directory.mkdir()
+        (directory / "metrics.jsonl").write_text("".join(
+            json.dumps({"step": step, "reward_mean": reward, "step_s": step_s}) + "\n"
+            for step, reward in enumerate(rewards, 1)))
+
+    evaluation(tmp_path / "eval-pre_decay", 0.25, 0.0, 0.9)
+    rl_run(tmp_path / "rl", [0.25, 0.75], 40.0)
+    evaluation(tmp_path / "eval-rl", 0.5, 0.25, 0.75)
+    rl_run(tmp_path / "rl-seed3", [0.5, 1.0], 60.0)
+    evaluation(tmp_path / "eval-rl-seed3", 0.75, 0.5, 0.5)
+    rl_run(tmp_path / "rl-seed4", [0.5], 60.0)  # not yet evaluated: no row
+
+    rows = rl_seeds.table(tmp_path)
+    out = capsys.readouterr().out
+    assert [row["seed"] for row in rows] == [0, 3]
+    assert [row["well_formed"] for row in rows] == [0.75, 0.5]
+    assert "90.0% of its trajectories well formed" in out
+    assert "| 3 | 75.0% | 50.0% | 0.0% | +50.0 / +50.0 | 50.0% | 0.500 → 1.000 | 60.0 |" in out
+    with pytest.raises(SystemExit, match="eval-pre_decay/held_out/report.json does not exist"):
+        rl_seeds.table(tmp_path / "missing")
